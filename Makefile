@@ -1,0 +1,45 @@
+# eucalypt — quick start: `make run` (start the cloud), `make test` (run the suite).
+# `make setup` is idempotent: Debian packages (when root), a venv in .venv, the project.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STATE  ?= ./var
+# Debian/Ubuntu packages the project needs at run and test time.
+APT_PACKAGES := python3-venv python3-dev gcc
+
+.PHONY: setup apt run test bench clean
+
+setup: apt $(VENV)/.installed
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "please run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+run: setup
+	$(VENV)/bin/eucalypt walrus --host 127.0.0.1 --port 8774 --data-dir $(STATE)/walrus
+
+# pytest exits 5 when it collected no tests: that must fail, not pass silently.
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc = 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
+
+bench: setup
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) $(STATE) .pytest_cache
