@@ -1,0 +1,1 @@
+"""The euca2ools-named commands; each module has main(argv=None) -> exit status."""
