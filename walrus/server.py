@@ -1,0 +1,263 @@
+"""The Walrus server: an aiohttp application in front of the storage engine.
+
+    server = WalrusServer(WalrusConfig(data_dir=path, port=0))
+    await server.start()      # server.url is now http://127.0.0.1:<port>
+    ...
+    await server.stop()
+
+Each request: operational paths (/_eucalypt/...) first; then addressing and routing
+(pure, walrus/s3/router.py), authentication (eucalypt.auth), and the operation's handler.
+Every failure becomes the S3 error document with the right status, and every response
+carries x-amz-request-id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from eucalypt.auth import AuthError, HttpRequest, parse, verify
+from eucalypt.clock import SystemClock
+
+from .metrics import WalrusMetrics
+from .s3.context import Context
+from .s3.errors import S3Error
+from .s3.handlers import OPERATIONS
+from .s3.router import address, route
+from .s3.xml import error_document
+from .storage.engine import Engine
+from .storage.errors import CorruptChunk
+from .users import StaticUsers, User, UserDirectory, canonical_id_for, generated_admin, load_users_file
+
+log = logging.getLogger("eucalypt.walrus")
+
+OPS_PREFIX = "/_eucalypt/"
+MAX_HEADER_SECTION = 8 * 1024  # S3's limit on the request header section
+
+
+@dataclass
+class WalrusConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8774
+    users_file: Path | None = None
+    # Virtual-host style: BUCKET.<domain>[:port] addresses BUCKET.
+    domains: tuple[str, ...] = ("localhost",)
+    region: str = "us-east-1"
+    # The identity aws-exec-read grants READ to (the cloud's image cache).
+    system_user: str = "eucalypt"
+    # Multipart uploads untouched for this long are aborted and their parts collected.
+    upload_expiry_seconds: float = 7 * 24 * 3600
+    upload_sweep_interval: float = 3600
+    chunk_size: int | None = None
+    inline_limit: int | None = None
+
+
+@dataclass
+class WalrusService:
+    """What handlers may use: the engine, users, metrics, configuration."""
+
+    engine: Engine
+    users: UserDirectory
+    metrics: WalrusMetrics
+    config: WalrusConfig
+    clock: SystemClock = field(default_factory=SystemClock)
+
+    @property
+    def region(self) -> str:
+        return self.config.region
+
+    @property
+    def system_canonical_id(self) -> str:
+        return canonical_id_for(self.config.system_user)
+
+    async def send_body(self, ctx: Context, response: web.StreamResponse, record, start: int, end: int) -> None:
+        """Stream [start, end) of an object. The first piece is read before the headers go
+        out, so a missing or corrupt chunk is still answered with a proper error."""
+        pieces = self.engine.read_range(record, start, end).__aiter__()
+        first = b""
+        if end > start:
+            try:
+                first = await pieces.__anext__()
+            except StopAsyncIteration:
+                first = b""
+        await response.prepare(ctx.request)
+        sent = 0
+        try:
+            if first:
+                await response.write(first)
+                sent += len(first)
+            async for piece in pieces:
+                await response.write(piece)
+                sent += len(piece)
+        finally:
+            self.metrics.bytes_sent.inc(sent)
+            with contextlib.suppress(Exception):
+                await pieces.aclose()
+        await response.write_eof()
+
+
+async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, streamed or not, carries the request id (as S3's do)."""
+    request_id = request.get("request_id", "")
+    response.headers["x-amz-request-id"] = request_id
+    response.headers["x-amz-id-2"] = request_id
+    response.headers["Server"] = "eucalypt-walrus"
+
+
+class WalrusServer:
+    def __init__(self, config: WalrusConfig, *, users: UserDirectory | None = None,
+                 clock: SystemClock | None = None) -> None:
+        self.config = config
+        self._users = users
+        self.clock = clock or SystemClock()
+        self.service: WalrusService | None = None
+        self.admin: User | None = None
+        self.admin_credentials: Path | None = None
+        self.admin_created = False
+        self._runner: web.AppRunner | None = None
+        self._sweeper: asyncio.Task | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        users = self._users
+        if users is None:
+            if config.users_file is not None:
+                users = load_users_file(config.users_file)
+            else:
+                self.admin, self.admin_credentials, self.admin_created = generated_admin(config.data_dir)
+                users = StaticUsers([self.admin])
+        engine = await Engine.open(config.data_dir / "store", clock=self.clock,
+                                   chunk_size=config.chunk_size, inline_limit=config.inline_limit)
+        metrics = WalrusMetrics(engine.stats)
+        self.service = WalrusService(engine, users, metrics, config, self.clock)
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.on_response_prepare.append(_stamp_response)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                                     max_line_size=16 * 1024, max_field_size=16 * 1024)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, config.host, config.port, backlog=1024, reuse_address=True)
+        await site.start()
+        sockets = site._server.sockets if site._server else []
+        self.port = sockets[0].getsockname()[1] if sockets else config.port
+        self._sweeper = asyncio.create_task(self._sweep_uploads())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.service is not None:
+            await self.service.engine.close()
+
+    async def _sweep_uploads(self) -> None:
+        """Orphan cleanup: abort multipart uploads nobody finished."""
+        while True:
+            try:
+                cutoff = self.clock.now() - self.config.upload_expiry_seconds
+                expired = await self.service.engine.expire_uploads(cutoff)
+                if expired:
+                    log.info("aborted %d abandoned multipart uploads", expired)
+            except Exception:
+                log.exception("multipart upload sweep failed")
+            await asyncio.sleep(self.config.upload_sweep_interval)
+
+    # ---- request handling -------------------------------------------------------------
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        request_id = secrets.token_hex(8).upper()
+        request["request_id"] = request_id
+        service = self.service
+        started = time.monotonic()
+        raw_path = request.raw_path.split("?", 1)[0]
+        operation = "Unknown"
+        ctx = None
+        try:
+            if raw_path.startswith(OPS_PREFIX):
+                operation = "Operations"
+                response = await self._operations(request, raw_path)
+            else:
+                addr = address(request.host, raw_path, self.config.domains)
+                query = request.query
+                op = route(request.method, addr, query, request.headers)
+                operation = op.operation
+                handler = OPERATIONS.get(op.operation)
+                if handler is None:
+                    raise S3Error("NotImplemented", "The requested operation is not implemented.")
+                self._check_header_size(request)
+                user, verified = await self._authenticate(request, raw_path, addr)
+                ctx = Context(request, op, addr, query, user, verified, request_id, service)
+                response = await handler(ctx)
+        except S3Error as exc:
+            response = self._error_response(request, exc, request_id, ctx)
+        except CorruptChunk:
+            log.exception("corrupt or missing chunk serving %s", request.path)
+            response = self._error_response(request, S3Error("InternalError"), request_id, ctx)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            response = self._error_response(request, S3Error("InternalError"), request_id, ctx)
+        metrics = service.metrics
+        metrics.requests.labels(operation, str(response.status)).inc()
+        metrics.duration.labels(operation).observe(time.monotonic() - started)
+        if ctx is not None and ctx.bytes_in:
+            metrics.bytes_received.inc(ctx.bytes_in)
+        return response
+
+    def _check_header_size(self, request: web.Request) -> None:
+        size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if size > MAX_HEADER_SECTION:
+            raise S3Error("RequestHeaderSectionTooLarge", MaxSizeAllowed=str(MAX_HEADER_SECTION))
+
+    async def _authenticate(self, request: web.Request, raw_path: str, addr):
+        http_request = HttpRequest(request.method, raw_path, request.rel_url.raw_query_string,
+                                   request.headers)
+        try:
+            auth = parse(http_request, service="s3", sigv2_resource=addr.sigv2_resource)
+            if auth is None:
+                return None, None
+            user = await self.service.users.by_access_key(auth.access_key)
+            if user is None:
+                raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=auth.access_key)
+            verified = verify(auth, http_request, user.secret_key, now=self.clock.utcnow())
+        except AuthError as exc:
+            raise S3Error(exc.code, exc.message, status=exc.status) from exc
+        return user, verified
+
+    def _error_response(self, request: web.Request, exc: S3Error, request_id: str, ctx) -> web.Response:
+        headers = {}
+        if exc.status == 304 or request.method == "HEAD":
+            return web.Response(status=exc.status, headers=headers)
+        resource = ctx.resource if ctx is not None else request.path
+        body = error_document(exc.code, exc.message, resource, request_id, exc.fields)
+        if exc.code == "InvalidRange" and "ActualObjectSize" in exc.fields:
+            headers["Content-Range"] = f"bytes */{exc.fields['ActualObjectSize']}"
+        return web.Response(status=exc.status, body=body, headers=headers, content_type="application/xml")
+
+    async def _operations(self, request: web.Request, path: str) -> web.Response:
+        what = path[len(OPS_PREFIX):]
+        if what == "health" and request.method in ("GET", "HEAD"):
+            body = json.dumps({"status": "ok", "service": "walrus", "pid": os.getpid()})
+            return web.Response(text=body, content_type="application/json")
+        if what == "metrics" and request.method == "GET":
+            return web.Response(body=self.service.metrics.render(),
+                                headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        raise S3Error("NotImplemented", "Unknown operations endpoint")
