@@ -6,6 +6,9 @@ StorageError
 ├── BucketAlreadyOwnedByYou
 ├── BucketNotEmpty
 ├── NoSuchUpload
+├── NoSuchKey               (a write names an object that does not exist)
+├── InvalidPart             (complete_upload names a part that is not stored)
+├── UnsupportedDigest       (stage() asked for a digest we cannot compute; also a ValueError)
 ├── PreconditionFailed      (conditional write lost: If-None-Match: *, or copy source changed)
 └── CorruptChunk            (a chunk file is missing or fails its SHA-256)
 """
@@ -41,3 +44,15 @@ class PreconditionFailed(StorageError):
 
 class CorruptChunk(StorageError):
     pass
+
+
+class NoSuchKey(StorageError):
+    """The object a write refers to (e.g. set_object_acl) does not exist."""
+
+
+class InvalidPart(StorageError):
+    """complete_upload named a part that is not (or no longer) stored."""
+
+
+class UnsupportedDigest(StorageError, ValueError):
+    """stage() was asked for a digest this build cannot compute (e.g. crc32c)."""

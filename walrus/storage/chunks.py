@@ -1,0 +1,184 @@
+"""The content-addressed chunk store on local disk (files only; refcounts live in LMDB).
+
+Layout: ``DIR/chunks/ab/cd/<sha256hex>`` for a chunk stored RAW (so the HTTP layer can
+``sendfile`` it) and ``DIR/chunks/ab/cd/<sha256hex>.zst`` for one stored as a single zstd
+frame. The encoding is in the file name, so a file is self-describing: recovery and dedup
+never need to sniff the content (a user's body may itself be a zstd frame).
+
+Writes are atomic and durable: temp file in ``DIR/tmp`` -> write -> fsync -> rename into
+place; the caller then fsyncs the shard directories once per staged body
+(`fsync_dirs`), before any LMDB transaction refers to the chunk. On ext4 the first
+directory fsync commits the journal holding every rename, so the rest are nearly free.
+
+Compression: zstd level 1. A chunk is kept RAW when zstd saves less than 5%
+(`RAW_THRESHOLD`) -- random or already-compressed data -- which also keeps those chunks
+servable with sendfile. Measured on this machine (2 vCPU), 1 MiB chunks, one thread:
+see walrus/storage/stage.py for the numbers and the choice of level.
+
+This module is synchronous: everything here runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import uuid
+from pathlib import Path
+
+import zstandard
+
+from .errors import CorruptChunk
+from .records import ChunkEncoding, ChunkRef
+
+RAW_THRESHOLD = 0.95  # keep RAW unless compressed size < 95% of plain size
+ZSTD_LEVEL = 1
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "cctx", None)
+    if c is None:
+        c = _local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+class ChunkStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.chunk_dir = self.root / "chunks"
+        self.tmp_dir = self.root / "tmp"
+        self.chunk_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- naming ---------------------------------------------------------------------
+    def shard_dir(self, sha: bytes) -> Path:
+        h = sha.hex()
+        return self.chunk_dir / h[:2] / h[2:4]
+
+    def path(self, sha: bytes, encoding: ChunkEncoding) -> Path:
+        name = sha.hex() + (".zst" if encoding == ChunkEncoding.ZSTD else "")
+        return self.shard_dir(sha) / name
+
+    def find(self, sha: bytes) -> tuple[ChunkEncoding, int] | None:
+        """(encoding, stored size) of the chunk file for sha, or None if absent."""
+        for enc in (ChunkEncoding.RAW, ChunkEncoding.ZSTD):
+            try:
+                st = os.stat(self.path(sha, enc))
+            except FileNotFoundError:
+                continue
+            return enc, st.st_size
+        return None
+
+    # ---- writing --------------------------------------------------------------------
+    @staticmethod
+    def encode(data: bytes | memoryview) -> tuple[ChunkEncoding, bytes | memoryview]:
+        """Choose the encoding for data and return (encoding, stored bytes)."""
+        packed = _compressor().compress(data)
+        if len(packed) < len(data) * RAW_THRESHOLD:
+            return ChunkEncoding.ZSTD, packed
+        return ChunkEncoding.RAW, data
+
+    def write(self, sha: bytes, encoding: ChunkEncoding, stored: bytes | memoryview) -> Path:
+        """Write one chunk file atomically (tmp, fsync, rename). The shard directory is
+        NOT fsynced here: collect `shard_dir(sha)` and call `fsync_dirs` once."""
+        final = self.path(sha, encoding)
+        tmp = self.tmp_dir / f"{sha.hex()}.{uuid.uuid4().hex}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(stored)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fdatasync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink(tmp)
+            raise
+        os.close(fd)
+        try:
+            os.rename(tmp, final)
+        except FileNotFoundError:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            # a new shard directory: its own entry in the parent must be durable too
+            fsync_dirs({final.parent.parent, final.parent.parent.parent})
+            os.rename(tmp, final)
+        return final
+
+    # ---- reading --------------------------------------------------------------------
+    def read(self, ref: ChunkRef, *, verify: bool = True) -> bytes:
+        """The plain bytes of ref's chunk. Raises CorruptChunk if the file is missing,
+        does not decode, or (verify) fails its SHA-256."""
+        path = self.path(ref.sha256, ref.encoding)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                stored = f.read()
+        except FileNotFoundError:
+            raise CorruptChunk(f"chunk {ref.sha256.hex()} is missing") from None
+        if ref.encoding == ChunkEncoding.ZSTD:
+            try:
+                data = _decompressor().decompress(stored, max_output_size=ref.length)
+            except zstandard.ZstdError as e:
+                raise CorruptChunk(f"chunk {ref.sha256.hex()} does not decode: {e}") from None
+        else:
+            data = stored
+        if len(data) != ref.length or (verify and hashlib.sha256(data).digest() != ref.sha256):
+            raise CorruptChunk(f"chunk {ref.sha256.hex()} fails its SHA-256")
+        return data
+
+    def delete(self, sha: bytes) -> None:
+        for enc in (ChunkEncoding.RAW, ChunkEncoding.ZSTD):
+            _unlink(self.path(sha, enc))
+
+    # ---- recovery -------------------------------------------------------------------
+    def clear_tmp(self) -> int:
+        n = 0
+        for p in self.tmp_dir.iterdir():
+            _unlink(p)
+            n += 1
+        return n
+
+    def iter_files(self):
+        """(sha, encoding, path) of every chunk file; junk names are yielded with sha None."""
+        for d1 in self.chunk_dir.iterdir():
+            if not d1.is_dir():
+                continue
+            for d2 in d1.iterdir():
+                if not d2.is_dir():
+                    continue
+                for p in d2.iterdir():
+                    name = p.name
+                    enc = ChunkEncoding.RAW
+                    if name.endswith(".zst"):
+                        name, enc = name[:-4], ChunkEncoding.ZSTD
+                    try:
+                        sha = bytes.fromhex(name)
+                    except ValueError:
+                        sha = None
+                    if sha is not None and len(sha) != 32:
+                        sha = None
+                    yield sha, enc, p
+
+
+def fsync_dirs(dirs) -> None:
+    for d in dirs:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _unlink(p) -> None:
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass
