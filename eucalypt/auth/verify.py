@@ -429,8 +429,11 @@ def sigv2_string_to_sign(req: HttpRequest, resource: str, *, expires: int | None
     else:
         # "If you include x-amz-date, use the empty string for the Date" (the S3 SigV2 spec).
         date_line = "" if "x-amz-date" in headers else headers.get("date", "")
+    # Repeated headers arrive already joined with "," (HttpRequest); a single value is only
+    # trimmed, never split: "x-amz-date: Wed, 02 Dec 2026 ..." must keep its ", " (s3cmd
+    # signs that way, as botocore's HmacV1 does).
     amz = "".join(
-        f"{name}:{','.join(v.strip() for v in headers[name].split(','))}\n"
+        f"{name}:{headers[name].strip()}\n"
         for name in sorted(h for h in headers if h.startswith("x-amz-"))
     )
     return (
