@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from eucalypt.auth import AuthError, HttpRequest, parse, verify
+from eucalypt.auth import AuthError, HttpRequest, Scheme, SignatureDoesNotMatch, parse, verify
 from eucalypt.clock import SystemClock
 
 from .metrics import WalrusMetrics
@@ -237,10 +237,25 @@ class WalrusServer:
             user = await self.service.users.by_access_key(auth.access_key)
             if user is None:
                 raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=auth.access_key)
-            verified = verify(auth, http_request, user.secret_key, now=self.clock.utcnow())
+            verified = self._verify(auth, http_request, user.secret_key, addr)
         except AuthError as exc:
             raise S3Error(exc.code, exc.message, status=exc.status) from exc
         return user, verified
+
+    def _verify(self, auth, http_request, secret: str, addr):
+        now = self.clock.utcnow()
+        try:
+            return verify(auth, http_request, secret, now=now)
+        except SignatureDoesNotMatch:
+            # SigV2 clients disagree on a bucket's canonical resource: botocore signs
+            # "/bucket/" (what AWS canonicalises to), others sign the path as sent.
+            if auth.scheme not in (Scheme.V2_HEADER, Scheme.V2_QUERY) or addr.bucket is None \
+                    or addr.key is not None:
+                raise
+            resource = addr.sigv2_resource
+            other = resource.rstrip("/") if resource.endswith("/") else resource + "/"
+            retry = parse(http_request, service="s3", sigv2_resource=other)
+            return verify(retry, http_request, secret, now=now)
 
     def _error_response(self, request: web.Request, exc: S3Error, request_id: str, ctx) -> web.Response:
         headers = {}
