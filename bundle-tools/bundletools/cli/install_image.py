@@ -43,7 +43,7 @@ async def register(ec2_url: str, args, location: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description="Bundle, upload and register an image")
     add_bundle_options(p)
-    add_upload_options(p)
+    add_upload_options(p, quiet=False)
     p.add_argument("-n", "--name", help="image name (default: the bundle prefix)")
     p.add_argument("--description")
     p.add_argument("--virtualization-type", choices=("paravirtual", "hvm"))

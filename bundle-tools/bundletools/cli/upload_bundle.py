@@ -15,12 +15,13 @@ from .common import add_quiet, add_s3_options, run, s3_endpoint
 PROG = "euca-upload-bundle"
 
 
-def add_upload_options(p: argparse.ArgumentParser) -> None:
+def add_upload_options(p: argparse.ArgumentParser, *, quiet: bool = True) -> None:
     p.add_argument("-b", "--bucket", required=True, metavar="BUCKET[/PREFIX]", help="destination bucket")
     p.add_argument("--acl", choices=CANNED_ACLS, default="aws-exec-read", help="canned ACL (default aws-exec-read)")
     p.add_argument("--location", help="location constraint of the bucket, if it must be created")
     add_s3_options(p)
-    add_quiet(p)
+    if quiet:
+        add_quiet(p)
 
 
 def upload_from_args(args, manifest_path: Path, parts_dir: Path | None = None) -> str:
