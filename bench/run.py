@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from load import MiB, LoadError, curl_get, curl_put, data_file, fetch, parallel, populate, wrk  # noqa: E402
+import profiling  # noqa: E402
 from servers import BENCH, BUCKET, REPO, TARGETS, WORK, Nginx, Target, vm_hwm_kib, walrus_available  # noqa: E402
 
 GiB = 1 << 30
@@ -77,6 +78,33 @@ def log(msg: str) -> None:
 class Bench:
     def __init__(self, sz: Sizes):
         self.sz = sz
+
+    def make_data(self, workloads: list[str], extra_rep: bool, rss: bool) -> None:
+        """Write every data file up front (kept in bench/.work/data for later runs), so no
+        measurement pays for generating its bytes or flushing them. PUT workloads get
+        distinct bytes per repetition (and one more set for a --profile pass)."""
+        sz, want = self.sz, []
+        reps = sz.reps + (1 if extra_rep else 0)
+        if "large-get" in workloads:
+            want.append(("get-big", sz.big))
+        if "large-put" in workloads:
+            want += [(f"put-big-{r}", sz.big) for r in range(reps)]
+        if "large-get-8" in workloads:
+            want += [(f"get-par-{i}", sz.par) for i in range(sz.par_n)]
+        if "large-put-8" in workloads:
+            want += [(f"put-par-{r}-{i}", sz.par) for r in range(reps) for i in range(sz.par_n)]
+        if "multipart" in workloads:
+            want += [(f"mpu-{r}-{i:03d}", sz.mpu_part) for r in range(reps)
+                     for i in range(sz.mpu // sz.mpu_part)]
+        if "small-put" in workloads:
+            want.append(("small-4k", sz.small))
+        if "rss-4g" in workloads and sz.rss and rss:
+            want.append(("rss-4g", sz.rss))
+        total = sum(n for _, n in want)
+        log(f"data: {len(want)} files, {total / GiB:.1f} GiB in {WORK / 'data'}")
+        for name, n in want:
+            data_file(name, n)
+        os.sync()
 
     # large single stream
     def prep_large_get(self, t: Target):
@@ -289,7 +317,7 @@ def report(results: dict, order: list[str], workloads: list[str], cand: str, sz:
     checks = []
     if have_cand:
         for w, ref, need in TARGETS_RATIO:
-            if w not in workloads or ref not in order:
+            if w not in workloads or ref not in order or ref == cand:
                 continue
             c = results.get(cand, {}).get(w, {})
             m = results.get(ref, {}).get(w, {})
@@ -345,6 +373,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-minutes", type=float, default=60, help="skip what is left after this")
     ap.add_argument("--json", default=str(WORK / "results.json"))
     ap.add_argument("--keep", action="store_true", help="keep the servers' data dirs")
+    ap.add_argument("--profile", action="store_true",
+                    help="after each workload, one uncounted repetition of the candidate under "
+                         "py-spy; stacks in bench/.work/profiles/")
+    ap.add_argument("--profile-idle", action="store_true",
+                    help="with --profile: count idle/waiting threads too (shows I/O waits)")
     a = ap.parse_args(argv)
 
     sz = QUICK if a.quick else Sizes()
@@ -388,10 +421,15 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     results: dict[str, dict] = {}
+    profiles: dict[str, dict] = {}
     started: list[Target] = []
+    if a.profile and not profiling.available():
+        log("--profile: py-spy missing (bench/setup.sh installs it); no profiles")
+        a.profile = False
     bench = Bench(sz)
     t_start = time.time()
     try:
+        bench.make_data(workloads, extra_rep=a.profile, rss=a.candidate in names)
         for t in Targets:
             try:
                 t.start()
@@ -465,6 +503,9 @@ def main(argv=None) -> int:
                                       "rss_peak_mib": rss[t.name] / 1024}
                 if t.name in failed:
                     results[t.name][w]["partial_error"] = failed[t.name]
+            cand_t = next((t for t in live if t.name == a.candidate and t.name not in failed), None)
+            if a.profile and cand_t and w != "rss-4g":
+                profiles[w] = profile_pass(cand_t, w, run, sz.reps, a.profile_idle)
         for t in started:
             results[t.name]["_peak_rss_mib"] = t.sampler.peak / 1024
             results[t.name]["_vm_hwm_mib"] = vm_hwm_kib(t.pid) / 1024
@@ -487,6 +528,12 @@ def main(argv=None) -> int:
         bundle = run_bundle(sz)
 
     summary = report(results, order, workloads, a.candidate, sz)
+    for w, pr in profiles.items():
+        if pr.get("samples"):
+            print()
+            print(profiling.render(f"{a.candidate} {w}", pr))
+        else:
+            print(f"\n-- profile {a.candidate} {w}: {pr.get('error', 'no samples')}")
     if bundle:
         print("\n== bundle_bench.py ==")
         print(bundle["output"].rstrip())
@@ -499,11 +546,32 @@ def main(argv=None) -> int:
                     "python": platform.python_version()},
         "args": vars(a), "sizes": vars(sz), "targets": order, "candidate": a.candidate,
         "results": results, "checks": summary["checks"], "notes": notes, "bundle": bundle,
+        "profiles": profiles,
     }
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(f"\nresults: {a.json}")
     return 0
+
+
+def profile_pass(t: Target, w: str, run, rep: int, idle: bool) -> dict:
+    """One more repetition of `w` on `t` with py-spy attached; not counted in the figures."""
+    log(f"{w}: profiling {t.name} (uncounted repetition)")
+    os.sync()
+    rec = profiling.Recording(t.pid, f"{t.name}-{w}", idle=idle)
+    try:
+        m = run(t, rep)
+    except Exception as e:  # noqa: BLE001
+        rec.stop()
+        return {"error": str(e)[:300]}
+    path = rec.stop()
+    if not path:
+        err = rec.proc.stderr.read() if rec.proc.stderr else ""
+        return {"error": f"py-spy wrote nothing: {err.strip()[:300]}"}
+    s = profiling.summarize(path)
+    s["figure_under_profiler"] = m["value"]
+    s["unit"] = m["unit"]
+    return s
 
 
 def run_bundle(sz: Sizes):

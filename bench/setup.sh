@@ -52,6 +52,14 @@ if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
   "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5,<6'
 fi
 
+# py-spy (for `run.py --profile`), in its own small venv.
+PROF_VENV="$WORK/prof-venv"
+if [ ! -x "$PROF_VENV/bin/py-spy" ]; then
+  echo "bench/setup: installing py-spy into $PROF_VENV"
+  "${PYTHON:-python3}" -m venv "$PROF_VENV"
+  "$PROF_VENV/bin/pip" install -q --disable-pip-version-check py-spy
+fi
+
 # s3rver, under a local npm prefix.
 NODE_PREFIX="$WORK/node"
 if [ ! -x "$NODE_PREFIX/node_modules/.bin/s3rver" ]; then
