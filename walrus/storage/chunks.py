@@ -33,6 +33,7 @@ from .records import ChunkEncoding, ChunkRef
 
 RAW_THRESHOLD = 0.95  # keep RAW unless compressed size < 95% of plain size
 ZSTD_LEVEL = 1
+PROBE = 64 << 10  # bytes compressed first to spot incompressible chunks cheaply
 
 _local = threading.local()
 
@@ -81,8 +82,16 @@ class ChunkStore:
     # ---- writing --------------------------------------------------------------------
     @staticmethod
     def encode(data: bytes | memoryview) -> tuple[ChunkEncoding, bytes | memoryview]:
-        """Choose the encoding for data and return (encoding, stored bytes)."""
-        packed = _compressor().compress(data)
+        """Choose the encoding for data and return (encoding, stored bytes).
+
+        A chunk larger than 2 * PROBE is first probed: if its first PROBE bytes do not
+        compress below RAW_THRESHOLD, the chunk is kept RAW without compressing the rest
+        (random data costs ~6% of a full compression instead of 100%)."""
+        cctx = _compressor()
+        if len(data) > 2 * PROBE:
+            if len(cctx.compress(data[:PROBE])) >= PROBE * RAW_THRESHOLD:
+                return ChunkEncoding.RAW, data
+        packed = cctx.compress(data)
         if len(packed) < len(data) * RAW_THRESHOLD:
             return ChunkEncoding.ZSTD, packed
         return ChunkEncoding.RAW, data
