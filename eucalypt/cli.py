@@ -21,32 +21,69 @@ def _walrus_parser(sub) -> None:
     p = sub.add_parser(
         "walrus", help="run Walrus, the S3 service (standalone S3 server)",
         description="Run Walrus, eucalypt's S3 service. Without --users, an admin user is "
-                    "generated on first start and its keys written to DATA_DIR/admin.credentials.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--host", default=os.environ.get("WALRUS_HOST", "127.0.0.1"),
-                   help="address to listen on (env WALRUS_HOST)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("WALRUS_PORT", "8774")),
-                   help="port to listen on; 0 picks a free one (env WALRUS_PORT)")
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("WALRUS_DATA_DIR", "./var/walrus")),
-                   help="where objects and metadata live (env WALRUS_DATA_DIR)")
-    p.add_argument("--users", type=Path, default=os.environ.get("WALRUS_USERS"),
+                    "generated on first start and its keys written to DATA_DIR/admin.credentials. "
+                    "Settings come from --config (TOML, keys named like the long options with "
+                    "underscores), then WALRUS_* environment variables, then flags.")
+    p.add_argument("--config", type=Path, help="TOML file with any of the settings below")
+    p.add_argument("--host", help="address to listen on [127.0.0.1] (env WALRUS_HOST)")
+    p.add_argument("--port", type=int, help="port to listen on; 0 picks a free one [8774] (env WALRUS_PORT)")
+    p.add_argument("--data-dir", type=Path, help="where objects and metadata live [./var/walrus] (env WALRUS_DATA_DIR)")
+    p.add_argument("--users", type=Path,
                    help="TOML file of [[user]] tables with name, access_key, secret_key (env WALRUS_USERS)")
-    p.add_argument("--domain", action="append", default=None,
-                   help="domain for virtual-host style addressing (BUCKET.DOMAIN); repeatable; default localhost")
-    p.add_argument("--region", default=os.environ.get("WALRUS_REGION", "us-east-1"),
-                   help="region reported for buckets without a location constraint")
-    p.add_argument("--control", default=None,
-                   help="URL of the cloud controller to authenticate users against (not yet available)")
+    p.add_argument("--domain", action="append", dest="domains",
+                   help="domain for virtual-host style addressing (BUCKET.DOMAIN); repeatable [localhost]")
+    p.add_argument("--region", help="region reported for buckets without a location constraint [us-east-1]")
+    p.add_argument("--multipart-expiry-hours", type=float,
+                   help="abort multipart uploads left unfinished this long [168]")
+    p.add_argument("--control", help="URL of the cloud controller to authenticate users against (not yet available)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_run_walrus)
+
+
+WALRUS_DEFAULTS = {"host": "127.0.0.1", "port": 8774, "data_dir": Path("./var/walrus"), "users": None,
+                   "domains": ["localhost"], "region": "us-east-1", "multipart_expiry_hours": 168.0,
+                   "control": None}
+
+
+def resolve_settings(args, defaults: dict, env_prefix: str) -> dict:
+    """Defaults < --config TOML < environment (PREFIX_NAME) < flags."""
+    settings = dict(defaults)
+    if getattr(args, "config", None):
+        import tomllib
+        with open(args.config, "rb") as f:
+            loaded = tomllib.load(f)
+        unknown = set(loaded) - set(defaults)
+        if unknown:
+            raise SystemExit(f"{args.config}: unknown settings {', '.join(sorted(unknown))}")
+        settings.update(loaded)
+    for name, default in defaults.items():
+        env = os.environ.get(f"{env_prefix}_{name.upper()}")
+        if env is not None:
+            settings[name] = env.split(",") if isinstance(default, list) else env
+        flag = getattr(args, name, None)
+        if flag is not None:
+            settings[name] = flag
+    for name, default in defaults.items():
+        if isinstance(default, (int, float)) and settings[name] is not None:
+            settings[name] = type(default)(settings[name])
+    for name in ("data_dir", "users"):
+        if settings.get(name) is not None:
+            settings[name] = Path(settings[name])
+    return settings
 
 
 async def _serve_walrus(args) -> int:
     from walrus.server import WalrusConfig, WalrusServer
 
-    config = WalrusConfig(data_dir=args.data_dir, host=args.host, port=args.port,
-                          users_file=args.users, region=args.region,
-                          domains=tuple(args.domain) if args.domain else ("localhost",))
+    settings = resolve_settings(args, WALRUS_DEFAULTS, "WALRUS")
+    if settings["control"]:
+        print("eucalypt walrus: --control is not available yet; use --users FILE", file=sys.stderr)
+        return 2
+    config = WalrusConfig(data_dir=settings["data_dir"], host=settings["host"], port=int(settings["port"]),
+                          users_file=settings["users"], region=settings["region"],
+                          domains=tuple(settings["domains"]),
+                          upload_expiry_seconds=float(settings["multipart_expiry_hours"]) * 3600,
+                          upload_sweep_interval=min(3600.0, float(settings["multipart_expiry_hours"]) * 3600 / 4))
     server = WalrusServer(config)
     await server.start()
     print(f"walrus: listening on {server.url}", flush=True)
@@ -70,9 +107,6 @@ async def _serve_walrus(args) -> int:
 
 
 def _run_walrus(args) -> int:
-    if args.control:
-        print("eucalypt walrus: --control is not available yet; use --users FILE", file=sys.stderr)
-        return 2
     from walrus.users import UsersFileError
     try:
         return _run(_serve_walrus(args))
