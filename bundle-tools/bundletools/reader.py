@@ -284,12 +284,14 @@ def unbundle(
     source_dir: str | os.PathLike | None = None,
     certificate=None,
     progress: Progress | None = None,
+    fsync: bool = True,
 ) -> tuple[Path, UnbundleResult]:
     """Unbundle a bundle on disk into `destination`/<image name>.
 
     With `certificate` the signature is verified first (BadSignature if it does
     not match). The image is written to a temporary file that is renamed into
-    place only when every check has passed.
+    place only when every check has passed (and, with `fsync`, is on disk: a
+    crash then leaves the old file or the complete new one).
     """
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
@@ -308,7 +310,8 @@ def unbundle(
         with open(tmp, "wb") as out:
             result = unbundle_stream(manifest, open_part, out, private_key, progress=progress)
             out.flush()
-            os.fsync(out.fileno())
+            if fsync:
+                os.fsync(out.fileno())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -126,3 +126,18 @@ async def test_library_upload_returns_location(s3_env, users, bundle, bucket_nam
     endpoint = S3Endpoint(s3_env.url, users["alice"]["access_key"], users["alice"]["secret_key"])
     where = await upload_api(endpoint, result.manifest_path, BundleLocation.parse(f"{bucket_name}/p"))
     assert where == f"{bucket_name}/p/vm.img.manifest.xml"
+
+
+def test_install_image_bundles_and_uploads(s3_env, users, bundle_env, tmp_path, bucket_name, monkeypatch, capsys):
+    monkeypatch.delenv("EC2_URL", raising=False)
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"".join(hashlib.sha256(b"i%d" % i).digest() for i in range(5000)))
+    from bundletools.cli import install_image
+
+    assert install_image.main(["-i", str(img), "-r", "x86_64", "-b", bucket_name, "--part-size", "50000", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert f"Uploaded {bucket_name}/disk.img.manifest.xml" in captured.out
+    assert "register-image" in captured.err  # no control endpoint yet: says how to register
+    client = boto(s3_env.url, users["alice"])
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket_name)["Contents"]]
+    assert "disk.img.manifest.xml" in keys and "disk.img.part.00" in keys
