@@ -12,8 +12,26 @@ directory fsync commits the journal holding every rename, so the rest are nearly
 
 Compression: zstd level 1. A chunk is kept RAW when zstd saves less than 5%
 (`RAW_THRESHOLD`) -- random or already-compressed data -- which also keeps those chunks
-servable with sendfile. Measured on this machine (2 vCPU), 1 MiB chunks, one thread:
-see walrus/storage/stage.py for the numbers and the choice of level.
+servable with sendfile. Incompressible chunks are spotted by compressing a 64 KiB probe
+first, so random data pays ~6% of a compression, not all of it.
+
+MEASUREMENTS (2 vCPU VM shared with other busy sessions, load average 5-7 during the
+runs, so expect +-50% run to run; script: /tmp/wb/bench5.py and bench_stage.py, i.e.
+stage() of a 256 MiB body fed in 256 KiB pieces, best of 3 interleaved runs, with md5
+alone over the same buffer measured in the same run as the reference: 0.79 GB/s):
+
+    stage()  random  1 MiB chunks 0.31-0.45 GB/s    4 MiB chunks 0.27-0.47 GB/s
+    stage()  text    1 MiB chunks 0.13-0.38 GB/s    4 MiB chunks 0.34-0.48 GB/s
+    zstd level 1 vs 3 on text-like data: ratio 0.120 vs 0.141, level 1 faster -> level 1
+    read_range (verify sha256) ~1.0 GB/s, without verification 2.5-6 GB/s (page cache)
+
+The bound is the disk: per-chunk write+fdatasync summed to 3.2 s of thread time for a
+1.97 s stage (md5 lane 0.6 s, zstd probe 0.02 s); write+fdatasync alone measured
+0.3-1.3 GB/s depending on the neighbours' I/O. 4 MiB chunks are at most ~1.3x faster
+to stage (fewer fsyncs and thread hops), but cost 4x read amplification for the 1 MiB
+ranged GETs nodes issue (each read must fetch, decompress and verify a whole chunk) and
+4x the memory per in-flight upload (~9 MiB vs ~36 MiB at STAGE_INFLIGHT=4). We chose
+1 MiB (engine.DEFAULT_CHUNK_SIZE).
 
 This module is synchronous: everything here runs in worker threads.
 """
@@ -96,9 +114,11 @@ class ChunkStore:
             return ChunkEncoding.ZSTD, packed
         return ChunkEncoding.RAW, data
 
-    def write(self, sha: bytes, encoding: ChunkEncoding, stored: bytes | memoryview) -> Path:
-        """Write one chunk file atomically (tmp, fsync, rename). The shard directory is
-        NOT fsynced here: collect `shard_dir(sha)` and call `fsync_dirs` once."""
+    def write(self, sha: bytes, encoding: ChunkEncoding, stored: bytes | memoryview) -> list[Path]:
+        """Write one chunk file atomically (tmp, fsync, rename). Directories are NOT
+        fsynced here: the caller collects the returned ones (the shard directory, plus
+        its parents when they were just created) and calls `fsync_dirs` once for a whole
+        staged body."""
         final = self.path(sha, encoding)
         tmp = self.tmp_dir / f"{sha.hex()}.{uuid.uuid4().hex}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -113,14 +133,15 @@ class ChunkStore:
             _unlink(tmp)
             raise
         os.close(fd)
+        dirs = [final.parent]
         try:
             os.rename(tmp, final)
         except FileNotFoundError:
+            # a new shard directory: its entry in the parent must be made durable too
             final.parent.mkdir(parents=True, exist_ok=True)
-            # a new shard directory: its own entry in the parent must be durable too
-            fsync_dirs({final.parent.parent, final.parent.parent.parent})
+            dirs += [final.parent.parent, self.chunk_dir]
             os.rename(tmp, final)
-        return final
+        return dirs
 
     # ---- reading --------------------------------------------------------------------
     def read(self, ref: ChunkRef, *, verify: bool = True) -> bytes:
