@@ -240,8 +240,9 @@ def unbundle_stream(
     except BaseException as exc:
         errors["tar"] = exc
     finally:
-        cipher_pipe.cancelled.set() if errors else None
-        tar_pipe.cancelled.set() if errors else None
+        if errors:  # let the other stages stop instead of waiting on a full pipe
+            cipher_pipe.cancelled.set()
+            tar_pipe.cancelled.set()
         for t in threads:
             t.join()
     for stage in ("parts", "gunzip", "tar"):
