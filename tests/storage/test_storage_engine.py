@@ -9,6 +9,7 @@ import zlib
 
 import pytest
 
+from walrus.storage.digests import available
 from walrus.storage.engine import Engine
 from walrus.storage.errors import (BucketAlreadyExists, BucketAlreadyOwnedByYou,
                                    BucketNotEmpty, CorruptChunk, InvalidPart, NoSuchBucket,
@@ -109,6 +110,9 @@ async def test_digests(engine):
     assert s.digests["sha1"] == hashlib.sha1(data).digest()
     assert s.digests["crc32"] == zlib.crc32(data).to_bytes(4, "big")
     await engine.discard(s)
+    if "crc32c" in available():
+        s = await engine.stage(chunks_of(b"123456789"), ("crc32c",))
+        assert s.digests["crc32c"] == bytes.fromhex("e3069283")  # the CRC-32C check value
     with pytest.raises(UnsupportedDigest):
         await engine.stage(chunks_of(b"x"), ("whirlpool",))
 
@@ -457,6 +461,26 @@ async def test_concurrent_commits_one_failing(engine):
     assert engine.stats()["commit_batches"] - batches0 < 66  # grouped
     for k, v in datas.items():
         assert await read_all(engine, await engine.get_object("bkt", k)) == v
+
+
+async def test_cancelled_commit_is_all_or_nothing(engine, clock):
+    data = os.urandom(2 * CHUNK)
+    s = await engine.stage(chunks_of(data))
+    task = asyncio.create_task(engine.commit_object(s, bucket="bkt", key="k", etag="e",
+                                                    owner_id="o", meta=META, acl=ACL))
+    await asyncio.sleep(0)
+    task.cancel()
+    await engine.discard(s)  # what a handler's cleanup does; must not race the commit
+    await asyncio.sleep(0.2)
+    await engine.create_bucket("sync", "owner1", ACL, "")  # a later batch: commit is done
+    clock.advance(1000)
+    await engine.collect_garbage()
+    rec = await engine.get_object("bkt", "k")
+    if rec is not None:
+        assert await read_all(engine, rec) == data
+    else:
+        assert chunk_files(engine) == []
+    assert engine.stats()["pinned_chunks"] == 0
 
 
 async def test_concurrent_large_stages(engine):

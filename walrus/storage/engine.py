@@ -477,14 +477,30 @@ class Engine:
             return result
 
         fut = self._writer.submit(m)
+        caller_waiting = True
 
-        def done(f: asyncio.Future):
-            if f.cancelled() or f.exception() is not None:
-                pin.committing = False
-                self._pins.pop(pin.token, None)
-                self._pool.submit(self._release_pin, pin, committed=False)
+        def release_after_failure():
+            pin.committing = False
+            self._pins.pop(pin.token, None)
+            self._pool.submit(self._release_pin, pin, committed=False)
+
+        def done(f: asyncio.Future):  # only for a caller that stopped waiting
+            if not caller_waiting and (f.cancelled() or f.exception() is not None):
+                release_after_failure()
         fut.add_done_callback(done)
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if not fut.done():
+                caller_waiting = False  # the commit goes on; `done` cleans up if it fails
+            elif fut.cancelled() or fut.exception() is not None:
+                release_after_failure()
+            raise
+        except BaseException:
+            pin.committing = False
+            self._pins.pop(pin.token, None)
+            await self._run(lambda: self._release_pin(pin, committed=False))
+            raise
 
     # ---- objects -------------------------------------------------------------------
     def _put_object(self, b: Batch, rec: ObjectRecord) -> None:
