@@ -1,4 +1,9 @@
-"""Shared helpers for the bundle-tools tests (a plain module: conftest imports it)."""
+"""Shared helpers and fixtures for the bundle-tools tests.
+
+A plain module, not a conftest.py: several test folders import `conftest` by name,
+and a second conftest module here would shadow theirs. Test modules import the
+fixtures they use from here.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from bundletools import keys
 
@@ -77,3 +84,23 @@ def decrypt_payload(manifest, parts_dir: Path, private_key) -> bytes:
     d = Cipher(algorithms.AES(aes.key), modes.CBC(aes.iv)).decryptor()
     u = padding.PKCS7(128).unpadder()
     return u.update(d.update(ciphertext) + d.finalize()) + u.finalize()
+
+
+@pytest.fixture(scope="session")
+def test_keys() -> VectorKeys:
+    return VectorKeys(
+        KEYS / "test-only-alice-cert.pem",
+        KEYS / "test-only-alice-pk.pem",
+        KEYS / "test-only-cloud-cert.pem",
+        KEYS / "test-only-cloud-pk.pem",
+    )
+
+
+@pytest.fixture
+def bundle_env(test_keys, monkeypatch):
+    """The euca2ools environment variables a sourced eucarc would set."""
+    monkeypatch.setenv("EC2_CERT", str(test_keys.alice_cert_path))
+    monkeypatch.setenv("EC2_PRIVATE_KEY", str(test_keys.alice_pk_path))
+    monkeypatch.setenv("EUCALYPTUS_CERT", str(test_keys.cloud_cert_path))
+    monkeypatch.setenv("EC2_USER_ID", "123456789012")
+    return test_keys

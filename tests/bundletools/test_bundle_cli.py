@@ -8,6 +8,8 @@ import pytest
 
 from bundletools.cli import bundle_image, unbundle
 from bundletools.reader import read_manifest
+from bundle_testlib import bundle_env, test_keys  # noqa: F401 (fixtures)
+
 
 
 @pytest.fixture

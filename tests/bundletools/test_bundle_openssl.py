@@ -11,6 +11,7 @@ import pytest
 from bundletools import keys, reader
 from bundletools.manifest import MachineConfiguration, Manifest, PartInfo
 
+from bundle_testlib import test_keys  # noqa: F401 (fixtures)
 from bundle_testlib import make_bundle
 
 pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("openssl", "gzip", "tar")),

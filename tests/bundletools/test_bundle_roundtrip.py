@@ -9,6 +9,7 @@ import pytest
 
 from bundletools import reader
 
+from bundle_testlib import test_keys  # noqa: F401 (fixtures)
 from bundle_testlib import make_bundle
 
 PART = 64 * 1024

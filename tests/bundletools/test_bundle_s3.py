@@ -13,6 +13,7 @@ from bundletools import errors, reader
 from bundletools.cli import delete_bundle, download_bundle, upload_bundle
 from bundletools.s3 import BundleLocation, S3Endpoint, upload_bundle as upload_api
 
+from bundle_testlib import test_keys, bundle_env  # noqa: F401 (fixtures)
 from bundle_testlib import make_bundle
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,6 +9,7 @@ import pytest
 from bundletools import keys, reader
 from bundletools.manifest import DeviceMapping
 
+from bundle_testlib import test_keys  # noqa: F401 (fixtures)
 from bundle_testlib import VECTOR_DATA, VECTORS, build_image
 
 IDS = [v["id"] for v in VECTOR_DATA["vectors"]]
@@ -66,8 +67,6 @@ def test_unbundle_gives_recorded_image(vector, test_keys, tmp_path, who):
 
 
 def test_stored_images_match_their_recipe(tmp_path):
-    from bundle_testlib import build_image
-
     for v in VECTOR_DATA["vectors"]:
         if v["image"]["recipe"] or v["image"]["size"] == 0:
             img = build_image(tmp_path / "x", v["image"]["recipe"])

@@ -14,6 +14,7 @@ import pytest
 from bundletools import keys, manifest as manifest_mod
 from bundletools.manifest import DeviceMapping, MachineConfiguration
 
+from bundle_testlib import test_keys  # noqa: F401 (fixtures)
 from bundle_testlib import decrypt_payload, make_bundle
 
 
