@@ -16,22 +16,27 @@ servable with sendfile. Incompressible chunks are spotted by compressing a 64 Ki
 first, so random data pays ~6% of a compression, not all of it.
 
 MEASUREMENTS (2 vCPU VM shared with other busy sessions, load average 5-7 during the
-runs, so expect +-50% run to run; script: /tmp/wb/bench5.py and bench_stage.py, i.e.
+runs, so expect +-50% run to run; scratch scripts outside the repo, /tmp/wb/bench5.py
+and bench_stage.py:
 stage() of a 256 MiB body fed in 256 KiB pieces, best of 3 interleaved runs, with md5
 alone over the same buffer measured in the same run as the reference: 0.79 GB/s):
 
-    stage()  random  1 MiB chunks 0.31-0.45 GB/s    4 MiB chunks 0.27-0.47 GB/s
-    stage()  text    1 MiB chunks 0.13-0.38 GB/s    4 MiB chunks 0.34-0.48 GB/s
+    stage()  random  1 MiB chunks 0.08-0.45 GB/s    4 MiB chunks 0.22-0.47 GB/s
+    stage()  text    1 MiB chunks 0.11-0.38 GB/s    4 MiB chunks 0.21-0.48 GB/s
+    (8 runs each over 10 minutes; in every run 4 MiB >= 1 MiB, by 1.05x when the disk
+    was quiet up to 2.5x when neighbours were writing)
     zstd level 1 vs 3 on text-like data: ratio 0.120 vs 0.141, level 1 faster -> level 1
     read_range (verify sha256) ~1.0 GB/s, without verification 2.5-6 GB/s (page cache)
 
 The bound is the disk: per-chunk write+fdatasync summed to 3.2 s of thread time for a
 1.97 s stage (md5 lane 0.6 s, zstd probe 0.02 s); write+fdatasync alone measured
-0.3-1.3 GB/s depending on the neighbours' I/O. 4 MiB chunks are at most ~1.3x faster
-to stage (fewer fsyncs and thread hops), but cost 4x read amplification for the 1 MiB
-ranged GETs nodes issue (each read must fetch, decompress and verify a whole chunk) and
-4x the memory per in-flight upload (~9 MiB vs ~36 MiB at STAGE_INFLIGHT=4). We chose
-1 MiB (engine.DEFAULT_CHUNK_SIZE).
+0.3-1.3 GB/s depending on the neighbours' I/O, and each chunk costs one fdatasync, so
+4 MiB chunks stage faster when the disk is contended. But they cost 4x read
+amplification for the 1 MiB ranged GETs nodes issue (each read must fetch, decompress and verify a whole chunk) and
+4x the memory per in-flight upload (~9 MiB vs ~36 MiB at STAGE_INFLIGHT=4). Objects are
+written once and read by many nodes, so we chose 1 MiB (engine.DEFAULT_CHUNK_SIZE);
+`Engine.open(chunk_size=...)` changes it per store (existing chunks stay readable:
+records carry each chunk's length).
 
 This module is synchronous: everything here runs in worker threads.
 """

@@ -37,10 +37,10 @@ MEASURED (2 vCPU VM shared with other busy sessions; /tmp/wb/bench_commit.py: 20
 stage()+commit_object() of 4 KiB inline bodies from 64 concurrent tasks, LMDB with
 sync on every commit):
 
-    default asyncio loop   4757 commits/s, ~33 commits per LMDB transaction/fsync
-    uvloop                18470 commits/s, ~32 per transaction
-    sequential get_object: 3500/s (asyncio) vs 23700/s (uvloop) -- the thread hop
-    dominates; the server should install uvloop.
+    default asyncio loop   3838-4757 commits/s, ~33-35 commits per transaction/fsync
+    uvloop                 5120-18470 commits/s, ~32 per transaction
+    sequential get_object: 3500-19300/s (asyncio), 18200-23700/s (uvloop); the thread
+    hop dominates a small read.
 
 stage() throughput and the chunk-size choice: see chunks.py. Read verification (sha256
 of every chunk read) caps read_range at ~1 GB/s per stream versus 2.5-6 GB/s without; it
