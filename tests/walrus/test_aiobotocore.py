@@ -9,7 +9,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from conftest import ALICE, BOB
+from walrustest import ALICE, BOB
 
 
 def client(walrus, user):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALICE, BOB
+from walrustest import ALICE, BOB
 
 AWS = str(Path(sys.executable).with_name("aws"))
 MULTIPART_SIZE = 9 * 1024 * 1024 + 12345  # over the cli's 8 MiB multipart threshold

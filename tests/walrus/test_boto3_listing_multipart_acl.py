@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import ALICE, BOB
+from walrustest import ALICE, BOB
 
 MiB = 1024 * 1024
 

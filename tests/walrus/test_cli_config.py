@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, USERS_TOML, ALICE, s3_client, start_walrus
+from walrustest import ROOT, USERS_TOML, ALICE, s3_client, start_walrus
 from eucalypt.cli import WALRUS_DEFAULTS, build_parser, resolve_settings
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import ALICE, s3_client, start_walrus
+from walrustest import ALICE, s3_client, start_walrus
 
 BUCKET = "crash-storm"
 WRITERS = 3

@@ -24,7 +24,7 @@ from botocore.auth import HmacV1Auth, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from conftest import ALICE, s3_client
+from walrustest import ALICE, s3_client
 
 S3CMD = str(Path(sys.executable).with_name("s3cmd"))
 

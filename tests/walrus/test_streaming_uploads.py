@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import ALICE
+from walrustest import ALICE
 from eucalypt.auth import HttpRequest, sign_v4
 from eucalypt.auth._sigv4 import signing_key
 from eucalypt.auth.chunked import chunk_signature, trailer_signature

@@ -23,7 +23,8 @@ PERMISSIONS = ("FULL_CONTROL", "READ", "WRITE", "READ_ACP", "WRITE_ACP")
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 
 CANNED = ("private", "public-read", "public-read-write", "authenticated-read",
-          "bucket-owner-read", "bucket-owner-full-control", "aws-exec-read", "log-delivery-write")
+          "bucket-owner-read", "bucket-owner-full-control", "aws-exec-read", "log-delivery-write",
+          "ec2-bundle-read")  # Eucalyptus' name for aws-exec-read (euca-upload-bundle --acl)
 
 
 def canned_acl(name: str, owner_id: str, owner_name: str, *, bucket_owner_id: str = "",
@@ -45,7 +46,7 @@ def canned_acl(name: str, owner_id: str, owner_name: str, *, bucket_owner_id: st
             and bucket_owner_id != owner_id:
         permission = "READ" if name == "bucket-owner-read" else "FULL_CONTROL"
         grants.append(Grant("CanonicalUser", bucket_owner_id, permission, bucket_owner_name))
-    if name == "aws-exec-read" and system_id and system_id != owner_id:
+    if name in ("aws-exec-read", "ec2-bundle-read") and system_id and system_id != owner_id:
         grants.append(Grant("CanonicalUser", system_id, "READ", "eucalypt"))
     return Acl(owner_id, owner_name, tuple(grants))
 

@@ -1,0 +1,117 @@
+"""Test support: start a real `eucalypt walrus` process on a loopback port; two users.
+
+A module of its own (not conftest.py) so every test directory can import it by one name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+USERS_TOML = """\
+[[user]]
+name = "alice"
+access_key = "AKIDALICE0000000000"
+secret_key = "alice-secret-key/with+symbols"
+display_name = "Alice"
+email = "alice@example.com"
+
+[[user]]
+name = "bob"
+access_key = "AKIDBOB000000000000"
+secret_key = "bob-secret-key"
+display_name = "Bob"
+email = "bob@example.com"
+"""
+
+
+@dataclass
+class UserKeys:
+    name: str
+    access_key: str
+    secret_key: str
+
+
+ALICE = UserKeys("alice", "AKIDALICE0000000000", "alice-secret-key/with+symbols")
+BOB = UserKeys("bob", "AKIDBOB000000000000", "bob-secret-key")
+
+
+@dataclass
+class WalrusProcess:
+    process: subprocess.Popen
+    url: str
+    data_dir: Path
+    users_file: Path | None
+    log_path: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_walrus(data_dir: Path, users_file: Path | None, *, port: int = 0,
+                 extra: list[str] | None = None, timeout: float = 30) -> WalrusProcess:
+    """Start `eucalypt walrus` and wait until it prints its URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / f"{data_dir.name}.log"
+    cmd = [sys.executable, "-m", "eucalypt.cli", "walrus", "--host", "127.0.0.1",
+           "--port", str(port), "--data-dir", str(data_dir)]
+    if users_file is not None:
+        cmd += ["--users", str(users_file)]
+    cmd += extra or []
+    log = open(log_path, "ab")
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + timeout
+    url = None
+    lines = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline().decode()
+        if not line:
+            if process.poll() is not None:
+                break
+            continue
+        lines.append(line)
+        match = re.search(r"listening on (http://\S+)", line)
+        if match:
+            url = match.group(1)
+            break
+    if url is None:
+        process.kill()
+        raise RuntimeError(f"walrus did not start: {''.join(lines)}\n{log_path.read_text()}")
+    # Keep draining stdout so the server never blocks on a full pipe.
+    import threading
+    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+    return WalrusProcess(process, url, data_dir, users_file, log_path)
+
+def s3_client(url: str, user: UserKeys, *, signature: str = "s3v4", addressing: str = "path",
+              region: str = "us-east-1", **config):
+    import boto3
+    from botocore.config import Config
+    return boto3.client(
+        "s3", endpoint_url=url, aws_access_key_id=user.access_key,
+        aws_secret_access_key=user.secret_key, region_name=region,
+        config=Config(signature_version=signature, s3={"addressing_style": addressing},
+                      retries={"max_attempts": 1}, **config))
