@@ -7,6 +7,7 @@ verified stream, and turning stored object metadata into response headers.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -169,7 +170,16 @@ class Context:
         async for piece in self.body(max_size=limit):
             size += len(piece)
             parts.append(piece)
-        return b"".join(parts)
+        body = b"".join(parts)
+        # The signature covers x-amz-content-sha256, not the body: check the body matches,
+        # or a tampered document (DeleteObjects, ACL, Complete...) would be acted on.
+        if self.verified and self.verified.payload_mode is PayloadMode.SIGNED:
+            claimed = self.headers.get("x-amz-content-sha256", "")
+            computed = hashlib.sha256(body).hexdigest()
+            if claimed != computed:
+                raise S3Error("XAmzContentSHA256Mismatch", ClientComputedContentSHA256=claimed,
+                              S3ComputedContentSHA256=computed)
+        return body
 
     def wanted_digests(self) -> tuple[list[str], str | None]:
         """Digests stage() must compute, and the checksum algorithm the client uses."""
