@@ -163,16 +163,16 @@ def test_s3api_objects_acls_and_multipart(aws, walrus, tmp_path, bucket_name):
     etags = []
     for number, path in ((1, "p1"), (2, "p2")):
         etags.append(json.loads(aws("s3api", "upload-part", "--bucket", bucket_name, "--key",
-                                    "mp/object", "--upload-id", upload_id, "--part-number",
+                                    "mp/object", f"--upload-id={upload_id}", "--part-number",
                                     str(number), "--body", str(tmp_path / path)).stdout)["ETag"])
     parts = json.loads(aws("s3api", "list-parts", "--bucket", bucket_name, "--key", "mp/object",
-                           "--upload-id", upload_id).stdout)["Parts"]
+                           f"--upload-id={upload_id}").stdout)["Parts"]
     assert [(p["PartNumber"], p["Size"], p["ETag"]) for p in parts] == \
         [(1, len(part1), etags[0]), (2, len(part2), etags[1])]
     spec = {"Parts": [{"PartNumber": n, "ETag": e} for n, e in ((1, etags[0]), (2, etags[1]))]}
     (tmp_path / "mpu.json").write_text(json.dumps(spec))
     done = json.loads(aws("s3api", "complete-multipart-upload", "--bucket", bucket_name, "--key",
-                          "mp/object", "--upload-id", upload_id,
+                          "mp/object", f"--upload-id={upload_id}",
                           "--multipart-upload", f"file://{tmp_path / 'mpu.json'}").stdout)
     expected_etag = hashlib.md5(bytes.fromhex(_md5(part1)) + bytes.fromhex(_md5(part2))).hexdigest()
     assert done["ETag"] == f'"{expected_etag}-2"'
@@ -184,7 +184,7 @@ def test_s3api_objects_acls_and_multipart(aws, walrus, tmp_path, bucket_name):
     uploads = json.loads(aws("s3api", "list-multipart-uploads", "--bucket", bucket_name).stdout)
     assert [(u["Key"], u["UploadId"]) for u in uploads["Uploads"]] == [("mp/abandoned", abandoned)]
     aws("s3api", "abort-multipart-upload", "--bucket", bucket_name, "--key", "mp/abandoned",
-        "--upload-id", abandoned)
+        f"--upload-id={abandoned}")
     uploads = json.loads(aws("s3api", "list-multipart-uploads", "--bucket", bucket_name).stdout or "{}")
     assert not uploads.get("Uploads")
 

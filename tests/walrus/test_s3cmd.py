@@ -24,7 +24,7 @@ from botocore.auth import HmacV1Auth, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from walrustest import ALICE, s3_client
+from walrustest import ALICE, s3_client, start_walrus
 
 S3CMD = str(Path(sys.executable).with_name("s3cmd"))
 
@@ -44,6 +44,15 @@ def _s3cfg(path: Path, host: str, *, v2: bool, host_bucket: str | None = None) -
         "progress_meter = False\n"
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def walrus(tmp_path_factory, users_file):
+    """A Walrus of this module's own: `s3cmd la` lists every bucket the user owns, and
+    other modules leave buckets behind whose ACLs lock their owner out on purpose."""
+    server = start_walrus(tmp_path_factory.mktemp("walrus-s3cmd") / "data", users_file)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(params=[True, False], ids=["sigv2", "sigv4"])
