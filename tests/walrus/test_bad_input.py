@@ -334,21 +334,13 @@ def test_wrong_content_sha256_on_xml_body(walrus, alice, bucket):
 @pytest.mark.parametrize("payload", ["signed", "unsigned"])
 def test_truncated_body(walrus, alice, bucket, payload):
     full = os.urandom(1000)
-    headers = {"Content-Length": "1000"}
+    request = AWSRequest(method="PUT", url=f"{walrus.url}/{bucket}/k", data=full)
+    auth = S3SigV4Auth
     if payload == "unsigned":
-        headers["X-Amz-Content-SHA256"] = "UNSIGNED-PAYLOAD"
-    request = signed(walrus.url, "PUT", f"/{bucket}/k", body=full, headers=headers)
-    if payload == "unsigned":
-        # S3SigV4Auth always hashes the body; sign the unsigned variant by hand-over.
-        request = AWSRequest(method="PUT", url=f"{walrus.url}/{bucket}/k", data=full,
-                             headers={"Content-Length": "1000"})
-        request.context["payload_signing_enabled"] = False
-
-        class Unsigned(S3SigV4Auth):
+        class auth(S3SigV4Auth):  # noqa: N801 - botocore always hashes a body on http
             def payload(self, request):
                 return "UNSIGNED-PAYLOAD"
-
-        Unsigned(Credentials(ALICE.access_key, ALICE.secret_key), "s3", "us-east-1").add_auth(request)
+    auth(Credentials(ALICE.access_key, ALICE.secret_key), "s3", "us-east-1").add_auth(request)
     prepared = request.prepare()
     head = f"PUT /{bucket}/k HTTP/1.1\r\nHost: 127.0.0.1:{walrus.port}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in prepared.headers.items() if k.lower() != "host")
@@ -361,6 +353,8 @@ def test_truncated_body(walrus, alice, bucket, payload):
             answer += chunk
     finally:
         sock.close()
+    # aiohttp closes a half-closed connection without answering; if an answer does come,
+    # it must be IncompleteBody.
     if answer:
         status_line, _, rest = answer.partition(b"\r\n")
         assert status_line.split()[1] == b"400", answer
@@ -384,5 +378,6 @@ def test_unknown_subresources_are_not_implemented(walrus, alice, bucket):
     r = send(signed(walrus.url, "PATCH", f"/{bucket}/k", body=b"x"))
     assert (r.status, r.code) == (501, "NotImplemented"), r
     assert _absent(alice, bucket, "k")
-    # Bob is told the same; nobody gets a 500.
-    assert _client_error(s3_client(walrus.url, BOB).get_bucket_website, Bucket=bucket)[0] in (403, 501)
+    # Bob is told the same (routing comes before authorisation).
+    assert _client_error(s3_client(walrus.url, BOB).get_bucket_website, Bucket=bucket) == \
+        (501, "NotImplemented")
