@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -30,20 +31,21 @@ def _md5(data: bytes) -> str:
 
 @pytest.fixture
 def aws(walrus, tmp_path):
-    """aws(*args, user=ALICE, check=True) -> CompletedProcess (text)."""
+    """aws(*args, user=ALICE, check=True, stdin=None) -> CompletedProcess (text)."""
     config = tmp_path / "aws-config"
     credentials = tmp_path / "aws-credentials"
     config.write_text("")
     credentials.write_text("")
 
-    def run(*args: str, user=ALICE, check: bool = True, cwd: Path | None = None):
+    def run(*args: str, user=ALICE, check: bool = True, stdin: Path | None = None):
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(AWS_ACCESS_KEY_ID=user.access_key, AWS_SECRET_ACCESS_KEY=user.secret_key,
                    AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=str(config),
                    AWS_SHARED_CREDENTIALS_FILE=str(credentials), AWS_MAX_ATTEMPTS="1",
                    AWS_PAGER="")
-        result = subprocess.run([AWS, "--endpoint-url", walrus.url, *args], env=env,
-                                capture_output=True, text=True, timeout=120, cwd=cwd)
+        with open(stdin or os.devnull, "rb") as source:
+            result = subprocess.run([AWS, "--endpoint-url", walrus.url, *args], env=env,
+                                    stdin=source, capture_output=True, text=True, timeout=120)
         if check and result.returncode != 0:
             raise AssertionError(f"aws {' '.join(args)} failed ({result.returncode}):\n"
                                  f"{result.stdout}\n{result.stderr}")
@@ -52,12 +54,20 @@ def aws(walrus, tmp_path):
     return run
 
 
+def _requests(url: str, operation: str) -> float:
+    """How many requests of this operation the server answered with 200 so far."""
+    text = urllib.request.urlopen(f"{url}/_eucalypt/metrics", timeout=10).read().decode()
+    match = re.search(rf'^eucalypt_walrus_requests_total{{operation="{operation}",status="200"}} (\S+)$',
+                      text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file()}
 
 
-def test_s3_mb_cp_sync_ls_rm_rb(aws, tmp_path, bucket_name):
+def test_s3_mb_cp_sync_ls_rm_rb(aws, walrus, tmp_path, bucket_name):
     s3 = f"s3://{bucket_name}"
     assert f"make_bucket: {bucket_name}" in aws("s3", "mb", s3).stdout
     assert bucket_name in aws("s3", "ls").stdout
@@ -98,12 +108,28 @@ def test_s3_mb_cp_sync_ls_rm_rb(aws, tmp_path, bucket_name):
     aws("s3", "sync", "--no-progress", f"{s3}/tree", str(dst))
     assert _tree(dst) == _tree(src)
 
+    # Server-side copy; above the threshold the cli copies in parts (UploadPartCopy).
+    part_copies = _requests(walrus.url, "UploadPartCopy")
+    out = aws("s3", "cp", "--no-progress", f"{s3}/dir/big.bin", f"{s3}/copy/big.bin").stdout
+    assert f"copy: {s3}/dir/big.bin to {s3}/copy/big.bin" in out
+    assert _requests(walrus.url, "UploadPartCopy") - part_copies == 2
+    # A presigned URL from the cli works without credentials.
+    url = aws("s3", "presign", f"{s3}/copy/big.bin", "--expires-in", "300").stdout.strip()
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert hashlib.sha256(response.read()).digest() == hashlib.sha256(big).digest()
+    # Upload from stdin (size unknown to the cli: multipart from a stream).
+    streamed = os.urandom(MULTIPART_SIZE)
+    (tmp_path / "streamed").write_bytes(streamed)
+    aws("s3", "cp", "--no-progress", "-", f"{s3}/copy/streamed", stdin=tmp_path / "streamed")
+    aws("s3", "cp", "--no-progress", f"{s3}/copy/streamed", str(tmp_path / "streamed.down"))
+    assert (tmp_path / "streamed.down").read_bytes() == streamed
+
     # rm one key, then the rest; rb on an empty bucket.
     assert "delete: " in aws("s3", "rm", f"{s3}/tree/top.txt").stdout
     failed = aws("s3", "rb", s3, check=False)
     assert failed.returncode != 0 and "BucketNotEmpty" in failed.stderr
     out = aws("s3", "rm", "--recursive", s3).stdout
-    assert out.count("delete: ") == 4
+    assert out.count("delete: ") == 6
     assert f"remove_bucket: {bucket_name}" in aws("s3", "rb", s3).stdout
     gone = aws("s3", "ls", s3, check=False)
     assert gone.returncode != 0 and "NoSuchBucket" in gone.stderr
