@@ -107,7 +107,8 @@ def from_bundle_error(exc: bt.BundleError) -> PrepareFailed:
             "the bundle was not encrypted for this cloud (its key does not open with the cloud's private key); "
             "bundle it again with this cloud's cloud-cert.pem")
     if isinstance(exc, bt.MissingPart):
-        return BundlePartMissing(exc.part, f"bundle part {exc.part} is missing")
+        return BundlePartMissing(exc.part, f"bundle part {exc.part} is missing (or not readable by the cloud: "
+                                          f"upload bundles with the aws-exec-read ACL)")
     if isinstance(exc, bt.TamperedPart):
         return BundlePartTampered(exc.part, f"bundle part {exc.part} is corrupt or was modified (SHA-1 mismatch)")
     if isinstance(exc, bt.SizeMismatch):

@@ -147,7 +147,9 @@ class PartFeeder:
                 await q.put(None)
             except ClientError as exc:
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                if status == 404:
+                # S3 answers 403, not 404, for a missing key to a reader who may not list
+                # the bucket -- which the cloud may not: both mean "the part is not there".
+                if status in (403, 404):
                     await q.put(FileNotFoundError(key))
                 else:
                     await q.put(StoreError(f"cannot read bundle part {self.bucket}/{key}: {exc}"))
