@@ -42,6 +42,7 @@ log = logging.getLogger("eucalypt.walrus")
 
 OPS_PREFIX = "/_eucalypt/"
 MAX_HEADER_SECTION = 8 * 1024  # S3's limit on the request header section
+PARSER_LINE_LIMIT = 64 * 1024  # aiohttp's per-line limit (request line, one header field)
 
 
 @dataclass
@@ -149,8 +150,11 @@ class WalrusServer:
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         app.on_response_prepare.append(_stamp_response)
+        # The parser's limits sit well above S3's (8 KiB header section, 1 KiB keys) so that
+        # our checks answer oversize requests with S3 errors, not aiohttp's plain-text 400.
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                                     max_line_size=16 * 1024, max_field_size=16 * 1024)
+                                     max_line_size=PARSER_LINE_LIMIT,
+                                     max_field_size=PARSER_LINE_LIMIT)
         await self._runner.setup()
         site = web.TCPSite(self._runner, config.host, config.port, backlog=1024, reuse_address=True)
         await site.start()
