@@ -253,6 +253,44 @@ def test_header_section_too_large(walrus, bucket):
     ok.put_object(Bucket=bucket, Key="k", Body=b"x")
 
 
+def _raw_exchange(port: int, head: bytes) -> bytes:
+    """Send a request head as is and read the whole answer (Connection: close)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    try:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+    finally:
+        sock.close()
+
+
+def _s3_error(answer: bytes) -> tuple[int, str | None]:
+    status_line, _, rest = answer.partition(b"\r\n")
+    body = rest.partition(b"\r\n\r\n")[2]
+    assert body.startswith(b"<?xml"), answer[:300]
+    return int(status_line.split()[1]), ET.fromstring(body).findtext("Code")
+
+
+@pytest.mark.parametrize("field_size", [12 * 1024, 40 * 1024])
+def test_single_huge_header_is_an_s3_error(walrus, alice, bucket, field_size):
+    """One header field larger than the whole 8 KiB section still gets S3's answer, not
+    the HTTP library's plain-text 400."""
+    head = (f"PUT /{bucket}/k HTTP/1.1\r\nHost: 127.0.0.1:{walrus.port}\r\n"
+            f"x-amz-meta-big: {'m' * field_size}\r\nContent-Length: 1\r\n"
+            "Connection: close\r\n\r\nx").encode()
+    assert _s3_error(_raw_exchange(walrus.port, head)) == (400, "RequestHeaderSectionTooLarge")
+    assert _absent(alice, bucket, "k")
+
+
+def test_huge_key_in_request_line(walrus, alice, bucket):
+    """A request line past the HTTP parser's line limit is still S3's KeyTooLongError."""
+    r = send(signed(walrus.url, "PUT", f"/{bucket}/{'k' * 20000}", body=b"x"))
+    assert (r.status, r.code) == (400, "KeyTooLongError"), r
+    assert alice.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+
 def test_metadata_too_large(walrus, alice, bucket):
     assert _client_error(alice.put_object, Bucket=bucket, Key="k", Body=b"x",
                          Metadata={"big": "v" * 2046}) == (400, "MetadataTooLarge")
