@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from .errors import S3Error
+
 # Old Eucalyptus/euca2ools endpoints put the S3 service under these prefixes.
 SERVICE_PREFIXES = ("/services/objectstorage", "/services/Walrus")
 
@@ -39,6 +41,15 @@ class Route:
     key: str | None = None
 
 
+def _decode(segment: str) -> str:
+    """Percent-decode a bucket or key; bytes that are not UTF-8 are refused (as S3 does)
+    rather than replaced, which would map different keys onto one."""
+    try:
+        return unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        raise S3Error("InvalidURI") from None
+
+
 def address(host: str, raw_path: str, domains: Iterable[str]) -> Address:
     """Resolve bucket and key. raw_path is percent-encoded, without query string."""
     hostname = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host
@@ -58,13 +69,13 @@ def address(host: str, raw_path: str, domains: Iterable[str]) -> Address:
     if not path.startswith("/"):
         path = "/" + path
     if vhost_bucket is not None:
-        key = unquote(path[1:]) if len(path) > 1 else None
+        key = _decode(path[1:]) if len(path) > 1 else None
         return Address(vhost_bucket, key, prefix, True, path)
     rest = path[1:]
     if not rest:
         return Address(None, None, prefix, False, path)
     bucket, slash, key = rest.partition("/")
-    return Address(unquote(bucket), unquote(key) if slash and key else None, prefix, False, path)
+    return Address(_decode(bucket), _decode(key) if slash and key else None, prefix, False, path)
 
 
 # Bucket sub-resources we know of but do not implement: answered with NotImplemented.
