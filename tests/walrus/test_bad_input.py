@@ -291,6 +291,17 @@ def test_huge_key_in_request_line(walrus, alice, bucket):
     assert alice.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
 
 
+def test_key_that_is_not_utf8(walrus, alice, bucket):
+    """%FF and %FE are not UTF-8: S3 refuses them (InvalidURI) rather than storing both
+    under U+FFFD, where they would overwrite each other."""
+    for raw_key in ("%FF", "%FE", "ok%C3"):
+        r = send(signed(walrus.url, "PUT", f"/{bucket}/{raw_key}", body=raw_key.encode()))
+        assert (r.status, r.code) == (400, "InvalidURI"), r
+    r = send(signed(walrus.url, "PUT", "/%FF%FE"))
+    assert (r.status, r.code) == (400, "InvalidURI"), r
+    assert alice.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+
 def test_metadata_too_large(walrus, alice, bucket):
     assert _client_error(alice.put_object, Bucket=bucket, Key="k", Body=b"x",
                          Metadata={"big": "v" * 2046}) == (400, "MetadataTooLarge")
