@@ -64,9 +64,20 @@ def _frame(f: str) -> str:
     return f"{func} ({short})"
 
 
+# frames every stack shares (thread and event-loop entry points): left out of "inclusive"
+_GENERIC_FILES = ("threading.py", "futures/thread.py", "asyncio/runners.py", "uvloop/__init__.py",
+                  "asyncio/base_events.py", "asyncio/events.py", "eucalypt/cli.py")
+# self time in these frames is C code they call that py-spy cannot see into
+_SELF_LABEL = {
+    "Runner.run": "event loop C code (uvloop: socket I/O, callbacks)",
+    "_worker": "thread-pool worker outside Python (queue wait / GIL)",
+}
+
+
 def summarize(path: Path, top: int = 12) -> dict:
     self_c: Counter = Counter()
     incl: Counter = Counter()
+    lanes: Counter = Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         m = _LINE.match(line)
@@ -77,18 +88,29 @@ def summarize(path: Path, top: int = 12) -> dict:
         if not frames:
             continue
         total += n
-        self_c[frames[-1]] += n
+        lanes["worker threads" if any(f.startswith("_worker ") for f in frames)
+              else "event-loop thread"] += n
+        leaf = frames[-1]
+        self_c[_SELF_LABEL.get(leaf.split(" (")[0], leaf)] += n
         for f in set(frames):
-            incl[f] += n
+            if not f.endswith(_GENERIC_FILES) and not f.startswith("<module>") \
+                    and not any(f.endswith(g + ")") for g in _GENERIC_FILES):
+                incl[f] += n
+    if not total:
+        return {"samples": 0, "file": str(path), "self": [], "inclusive": [], "lanes": []}
     return {"samples": total, "file": str(path),
-            "self": [(f, n / total) for f, n in self_c.most_common(top)] if total else [],
-            "inclusive": [(f, n / total) for f, n in incl.most_common(top)] if total else []}
+            "lanes": [(k, v / total) for k, v in lanes.most_common()],
+            "self": [(f, n / total) for f, n in self_c.most_common(top)],
+            "inclusive": [(f, n / total) for f, n in incl.most_common(top)]}
 
 
 def render(name: str, s: dict) -> str:
     out = [f"-- profile {name}: {s['samples']} samples, {s['file']}"]
+    if s.get("figure_under_profiler") is not None:
+        out[0] += f" (figure under the profiler: {s['figure_under_profiler']:.4g} {s.get('unit', '')})"
+    out.append("   where: " + ", ".join(f"{k} {p * 100:.0f}%" for k, p in s.get("lanes", [])))
     out.append("   self (on top of the stack):")
     out += [f"     {p * 100:5.1f}%  {f}" for f, p in s["self"]]
-    out.append("   inclusive:")
+    out.append("   inclusive (thread/loop entry points left out):")
     out += [f"     {p * 100:5.1f}%  {f}" for f, p in s["inclusive"]]
     return "\n".join(out)

@@ -336,6 +336,14 @@ class Moto(Target):
         return r.stdout.strip()
 
 
+def node_major() -> int:
+    try:
+        v = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
+        return int(v.strip().lstrip("v").split(".")[0])
+    except (OSError, ValueError):
+        return 0
+
+
 class S3rver(Target):
     def __init__(self, run_dir: Path):
         super().__init__("s3rver", run_dir, access_key="S3RVER", secret_key="S3RVER")
@@ -344,8 +352,10 @@ class S3rver(Target):
         js = WORK / "node" / "node_modules" / "s3rver" / "bin" / "s3rver.js"
         data = self.run_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
-        env = {"NODE_OPTIONS": (os.environ.get("NODE_OPTIONS", "") +
-                                " --openssl-legacy-provider").strip()}
+        env = {}
+        if node_major() >= 17:  # s3rver 3's signing needs the legacy OpenSSL provider there
+            env["NODE_OPTIONS"] = (os.environ.get("NODE_OPTIONS", "") +
+                                   " --openssl-legacy-provider").strip()
         return ["node", str(js), "-d", str(data), "-a", "127.0.0.1", "-p", str(self.port),
                 "--silent", "--no-vhost-buckets"], env
 
