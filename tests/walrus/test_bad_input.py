@@ -346,6 +346,32 @@ def test_bad_content_md5_keeps_old_version(walrus, alice, bucket, size):
     assert _storage_counts(walrus.url) == before
 
 
+def test_bad_upload_part_keeps_previous_part(walrus, alice, bucket):
+    upload = alice.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    good = os.urandom(1000)
+    etag = alice.upload_part(Bucket=bucket, Key="mp", UploadId=upload, PartNumber=1, Body=good)["ETag"]
+    other = os.urandom(1000)
+    assert _client_error(alice.upload_part, Bucket=bucket, Key="mp", UploadId=upload, PartNumber=1,
+                         Body=other, ContentMD5=_md5_b64(good)) == (400, "BadDigest")
+    r = send(signed(walrus.url, "PUT", f"/{bucket}/mp?partNumber=1&uploadId={upload}", body=good),
+             body=other)
+    assert (r.status, r.code) == (400, "XAmzContentSHA256Mismatch"), r
+    parts = alice.list_parts(Bucket=bucket, Key="mp", UploadId=upload)["Parts"]
+    assert [(p["PartNumber"], p["ETag"], p["Size"]) for p in parts] == [(1, etag, 1000)]
+    alice.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload,
+                                    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    assert alice.get_object(Bucket=bucket, Key="mp")["Body"].read() == good
+
+
+def test_put_object_acl_malformed_xml(walrus, alice, bucket):
+    alice.put_object(Bucket=bucket, Key="k", Body=b"x")
+    before = alice.get_object_acl(Bucket=bucket, Key="k")["Grants"]
+    for body in _malformed("AccessControlPolicy"):
+        r = send(signed(walrus.url, "PUT", f"/{bucket}/k?acl", body=body))
+        assert (r.status, r.code) == (400, "MalformedACLError"), (body, r)
+    assert alice.get_object_acl(Bucket=bucket, Key="k")["Grants"] == before
+
+
 @pytest.mark.parametrize("digest", ["not base64!!", base64.b64encode(b"ten bytes!").decode(), ""])
 def test_invalid_content_md5(walrus, alice, bucket, digest):
     r = send(signed(walrus.url, "PUT", f"/{bucket}/k", body=b"data", headers={"Content-MD5": digest}))
