@@ -100,6 +100,9 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     p.add_argument("image_id")
     p.set_defaults(run=_touch)
 
+    for p in sub.choices.values():  # --json also after the sub-command
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
 
 def _cache(args, cloud_key=None, **config) -> ImageCache:
     endpoint = bt_s3.endpoint_from_env(args.endpoint, args.access_key, args.secret_key, args.region)
