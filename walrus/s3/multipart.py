@@ -60,15 +60,11 @@ async def upload_part(ctx: Context) -> web.Response:
     number = _part_number(ctx)
     upload = await _upload(ctx)
     staged, checksums = await receive_body(ctx, max_size=MAX_SINGLE_PUT)
-    try:
+    try:  # a failed commit releases the staged body itself (engine contract)
         part = await ctx.engine.commit_part(staged, upload.upload_id, number,
                                             staged.digests["md5"].hex(), checksums)
     except storage_errors.NoSuchUpload:
-        await ctx.engine.discard(staged)
         raise S3Error("NoSuchUpload", UploadId=upload.upload_id)
-    except BaseException:
-        await ctx.engine.discard(staged)
-        raise
     return empty(headers={"ETag": f'"{part.etag}"', **checksum_headers(checksums)})
 
 

@@ -60,19 +60,15 @@ async def put_object(ctx: Context) -> web.Response:
         raise S3Error("NotImplemented", "Only If-None-Match: * is supported on PUT", Header="If-None-Match")
     staged, checksums = await receive_body(ctx, max_size=MAX_SINGLE_PUT)
     etag = staged.digests["md5"].hex()
+    # A failed commit releases the staged body itself (engine contract).
     try:
         record = await ctx.engine.commit_object(
             staged, bucket=bucket.name, key=key, etag=etag, owner_id=ctx.user_id or bucket.owner_id,
             meta=meta, acl=acl, checksums=checksums, if_none_match_any=if_none_match is not None)
     except storage_errors.PreconditionFailed:
-        await ctx.engine.discard(staged)
         raise S3Error("PreconditionFailed", Condition="If-None-Match")
     except storage_errors.NoSuchBucket:
-        await ctx.engine.discard(staged)
         raise S3Error("NoSuchBucket", BucketName=bucket.name)
-    except BaseException:
-        await ctx.engine.discard(staged)
-        raise
     headers = {"ETag": f'"{record.etag}"', **checksum_headers(checksums)}
     return empty(headers=headers)
 
