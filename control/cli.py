@@ -1,0 +1,213 @@
+"""`eucalypt control` (run the cloud controller) and `eucalypt admin` (accounts, users,
+credentials, working on control's data dir directly).
+
+    eucalypt control --port 8773 --data-dir DIR [--walrus URL] [--host 127.0.0.1] [--config FILE]
+    eucalypt admin --data-dir DIR account create NAME [--email E]
+    eucalypt admin --state-dir STATE user create NAME --account ACCOUNT
+    eucalypt admin --data-dir DIR credentials USER --account ACCOUNT --out DIR
+
+`--state-dir STATE` means the control data dir STATE/control (the layout of `eucalypt up`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+
+CONTROL_DEFAULTS = {"host": "127.0.0.1", "port": 8773, "data_dir": Path("./var/control"), "walrus": None,
+                    "region": "eucalyptus", "zones": [], "public_url": None}
+
+
+def add_parser(subparsers) -> None:
+    """Register the `control` and `admin` subcommands on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "control", help="run the cloud controller (EC2 API, accounts, credentials)",
+        description="Run control, eucalypt's EC2 service. On first start it creates the cloud CA "
+                    "(DATA_DIR/cloud-cert.pem, cloud-pk.pem) and the administrator (account "
+                    "'eucalyptus', user 'admin'); get its credentials with `eucalypt admin credentials "
+                    "admin --out DIR`. Settings: --config (TOML, keys named like the long options with "
+                    "underscores) < CONTROL_* environment variables < flags.")
+    p.add_argument("--config", type=Path, help="TOML file with any of the settings below")
+    p.add_argument("--host", help="address to listen on [127.0.0.1] (env CONTROL_HOST)")
+    p.add_argument("--port", type=int, help="port to listen on; 0 picks a free one [8773] (env CONTROL_PORT)")
+    p.add_argument("--data-dir", type=Path, help="where state and keys live [./var/control] (env CONTROL_DATA_DIR)")
+    p.add_argument("--walrus", help="URL of Walrus, written into credentials as S3_URL [http://127.0.0.1:8774/]")
+    p.add_argument("--region", help="the region's name [eucalyptus]")
+    p.add_argument("--zone", action="append", dest="zones",
+                   help="an availability zone (cluster); repeatable [REGIONa]")
+    p.add_argument("--public-url", help="the EC2 URL to advertise [http://HOST:PORT/]")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_run_control)
+    _admin_parser(subparsers)
+
+
+def _run_control(args) -> int:
+    from eucalypt.cli import _run, resolve_settings
+
+    settings = resolve_settings(args, CONTROL_DEFAULTS, "CONTROL")
+    try:
+        return _run(_serve(settings))
+    except OSError as exc:
+        print(f"eucalypt control: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve(settings: dict) -> int:
+    from .server import ControlConfig, ControlServer
+
+    config = ControlConfig(data_dir=settings["data_dir"], host=settings["host"], port=int(settings["port"]),
+                           walrus_url=settings["walrus"], region=settings["region"],
+                           zones=tuple(settings["zones"] or ()), public_url=settings["public_url"])
+    server = ControlServer(config)
+    await server.start()
+    print(f"control: listening on {server.url}", flush=True)
+    print(f"control: data in {config.data_dir.resolve()}", flush=True)
+    print(f"control: admin credentials: eucalypt admin --data-dir {config.data_dir} credentials admin "
+          f"--out DIR", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("control: shutting down", flush=True)
+    await server.stop()
+    return 0
+
+
+# ---- admin ----------------------------------------------------------------------------------
+
+def _admin_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "admin", help="manage accounts, users and credentials",
+        description="Manage control's accounts, users, access keys and credentials, working on its "
+                    "data dir directly (safe while control runs).")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", type=Path, help="control's data dir")
+    where.add_argument("--state-dir", type=Path, help="the state dir of `eucalypt up` (uses STATE/control)")
+    sub = p.add_subparsers(dest="what", metavar="account|user|credentials", required=True)
+
+    account = sub.add_parser("account", help="accounts").add_subparsers(dest="verb", required=True)
+    c = account.add_parser("create", help="create an account; prints its id")
+    c.add_argument("name")
+    c.add_argument("--email", default="")
+    account.add_parser("list", help="list accounts")
+    for verb in ("disable", "enable"):
+        account.add_parser(verb, help=f"{verb} an account (all its users' keys)").add_argument("name")
+
+    user = sub.add_parser("user", help="users and their access keys").add_subparsers(dest="verb", required=True)
+    acct = argparse.ArgumentParser(add_help=False)
+    acct.add_argument("--account", "-a", default="eucalyptus", help="the user's account [eucalyptus]")
+    user.add_parser("create", parents=[acct], help="create a user with one access key").add_argument("name")
+    user.add_parser("list", help="list users (of --account, or all)").add_argument("--account", "-a")
+    for verb in ("disable", "enable"):
+        user.add_parser(verb, parents=[acct], help=f"{verb} a user").add_argument("name")
+    keys = user.add_parser("keys", help="access keys").add_subparsers(dest="key_verb", required=True)
+    keys.add_parser("list", parents=[acct], help="list a user's keys").add_argument("name")
+    keys.add_parser("create", parents=[acct], help="add an access key (at most 2)").add_argument("name")
+    keys.add_parser("rotate", parents=[acct],
+                    help="add a new key, deleting the oldest if there are already 2").add_argument("name")
+    d = keys.add_parser("delete", parents=[acct], help="delete an access key")
+    d.add_argument("name")
+    d.add_argument("access_key")
+
+    cred = sub.add_parser("credentials", parents=[acct], help="write a user's credentials directory")
+    cred.add_argument("name", help="user name")
+    cred.add_argument("--out", type=Path, required=True)
+    cred.add_argument("--ec2-url", help="EC2_URL [what the running control announced]")
+    cred.add_argument("--s3-url", help="S3_URL [what the running control announced]")
+    p.set_defaults(func=_run_admin)
+
+
+def _run_admin(args) -> int:
+    from .datadir import open_data_dir
+    from .identity import IdentityError
+
+    if args.data_dir is not None:
+        path = args.data_dir
+    elif args.state_dir is not None:
+        path = args.state_dir / "control"
+    else:
+        print("eucalypt admin: give --data-dir DIR or --state-dir DIR", file=sys.stderr)
+        return 2
+    data = open_data_dir(path)
+    try:
+        return _admin(args, data)
+    except IdentityError as exc:
+        print(f"eucalypt admin: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        data.close()
+
+
+def _admin(args, data) -> int:
+    from . import identity as ids
+    from .credentials import write_credentials
+
+    store, now = data.store, time.time()
+    if args.what == "account":
+        if args.verb == "create":
+            account = store.write_sync(lambda t: ids.create_account(t, args.name, now=now, email=args.email))
+            print(f"{account.id}\t{account.name}")
+        elif args.verb == "list":
+            with store.read() as txn:
+                for a in ids.list_accounts(txn):
+                    print(f"{a.id}\t{a.name}\t{'enabled' if a.enabled else 'disabled'}")
+        else:
+            store.write_sync(lambda t: ids.set_account_enabled(t, args.name, args.verb == "enable"))
+        return 0
+
+    def account_id(txn) -> str:
+        return ids.account_by_name(txn, args.account).id
+
+    if args.what == "credentials":
+        out = write_credentials(data, args.account, args.name, args.out, ec2_url=args.ec2_url, s3_url=args.s3_url)
+        print(f"credentials for {args.account}/{args.name} in {out}")
+        return 0
+    if args.verb == "create":
+        user, key = store.write_sync(lambda t: ids.create_user(t, account_id(t), args.name, now=now))
+        print(f"{user.name}\t{key.access_key}\t{key.secret_key}")
+    elif args.verb == "list":
+        with store.read() as txn:
+            accounts = {a.id: a.name for a in ids.list_accounts(txn)}
+            only = account_id(txn) if args.account else None
+            for u in ids.list_users(txn, only):
+                keys = ",".join(u.access_keys)
+                print(f"{accounts.get(u.account_id)}\t{u.name}\t{'enabled' if u.enabled else 'disabled'}\t{keys}")
+    elif args.verb in ("disable", "enable"):
+        store.write_sync(lambda t: ids.set_user_enabled(t, account_id(t), args.name, args.verb == "enable"))
+    elif args.key_verb == "list":
+        with store.read() as txn:
+            for k in ids.user_keys(txn, ids.get_user(txn, account_id(txn), args.name)):
+                print(f"{k.access_key}\t{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(k.created))}")
+    elif args.key_verb in ("create", "rotate"):
+        if args.key_verb == "create":
+            key, dropped = store.write_sync(
+                lambda t: ids.create_access_key(t, account_id(t), args.name, now=now)), None
+        else:
+            key, dropped = store.write_sync(lambda t: ids.rotate_access_key(t, account_id(t), args.name, now=now))
+        print(f"{key.access_key}\t{key.secret_key}")
+        if dropped:
+            print(f"deleted the oldest key {dropped}", file=sys.stderr)
+    elif args.key_verb == "delete":
+        store.write_sync(lambda t: ids.delete_access_key(t, account_id(t), args.name, args.access_key))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `control` or `admin` on their own (python -m control.cli ...)."""
+    import logging
+
+    parser = argparse.ArgumentParser(prog="eucalypt")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "info").upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
