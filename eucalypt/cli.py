@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"eucalypt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     _walrus_parser(sub)
+    from imagecache.cli import add_parser as add_imagecache_parser
+    add_imagecache_parser(sub)
     return parser
 
 
