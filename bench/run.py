@@ -428,6 +428,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     results: dict[str, dict] = {}
     profiles: dict[str, dict] = {}
+    machine: dict = {}
     started: list[Target] = []
     if a.profile and not profiling.available():
         log("--profile: py-spy missing (bench/setup.sh installs it); no profiles")
@@ -436,6 +437,9 @@ def main(argv=None) -> int:
     t_start = time.time()
     try:
         bench.make_data(workloads, extra_rep=a.profile, rss=a.candidate in names)
+        machine = probes(sz)
+        log("probes: " + ", ".join(f"{k[:-4]} {fmt(v, 'B/s')}" for k, v in machine.items()
+                                   if k.endswith("_Bps")))
         for t in Targets:
             try:
                 t.start()
@@ -536,6 +540,10 @@ def main(argv=None) -> int:
         bundle = run_bundle(sz)
 
     summary = report(results, order, workloads, a.candidate, sz)
+    if machine:
+        print("\n== this machine, one core / the data disk (what a durable PUT pays for) ==")
+        print("  " + ", ".join(f"{k[:-4]} {fmt(v, 'B/s')}" for k, v in machine.items()
+                               if k.endswith("_Bps")))
     for w, pr in profiles.items():
         if pr.get("samples"):
             print()
@@ -554,12 +562,67 @@ def main(argv=None) -> int:
                     "python": platform.python_version()},
         "args": vars(a), "sizes": vars(sz), "targets": order, "candidate": a.candidate,
         "results": results, "checks": summary["checks"], "notes": notes, "bundle": bundle,
-        "profiles": profiles,
+        "profiles": profiles, "probes": machine,
     }
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(f"\nresults: {a.json}")
     return 0
+
+
+def probes(sz: Sizes) -> dict:
+    """What this machine's disk and one core can do, for reading the PUT/GET figures:
+    a durable store pays for the fsyncs and the digests that nginx skips."""
+    import hashlib
+
+    out: dict[str, float] = {}
+    n = min(sz.big, 256 * MiB)
+    src = data_file("get-big", sz.big)
+    buf = src.read_bytes()[:n]
+    for name in ("sha256", "md5"):
+        t0 = time.perf_counter()
+        hashlib.new(name, buf).digest()
+        out[f"{name}_Bps"] = n / (time.perf_counter() - t0)
+    try:
+        import zstandard
+
+        t0 = time.perf_counter()
+        zstandard.ZstdCompressor(level=1).compress(buf[: 64 * MiB])
+        out["zstd1_random_Bps"] = 64 * MiB / (time.perf_counter() - t0)
+    except ImportError:
+        pass
+    del buf
+    d = WORK / f"probe-{os.getpid()}"
+    d.mkdir(parents=True, exist_ok=True)
+    try:
+        os.sync()
+        t0 = time.perf_counter()
+        subprocess.run(["dd", f"if={src}", f"of={d / 'out'}", "bs=1M", f"count={n // MiB}",
+                        "conv=fdatasync"], capture_output=True, check=True, timeout=300)
+        out["one_file_fdatasync_Bps"] = n / (time.perf_counter() - t0)
+        (d / "out").unlink()
+        # what a chunk store does: a new 1 MiB file each, written, fdatasync'd, renamed
+        os.sync()
+        with open(src, "rb") as f:
+            t0 = time.perf_counter()
+            for i in range(n // MiB):
+                block = f.read(MiB)
+                tmp, final = d / f"{i}.tmp", d / f"{i}"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.write(fd, block)
+                os.fdatasync(fd)
+                os.close(fd)
+                os.rename(tmp, final)
+            dfd = os.open(d, os.O_RDONLY)
+            os.fsync(dfd)
+            os.close(dfd)
+            out["1MiB_files_fdatasync_each_Bps"] = n / (time.perf_counter() - t0)
+    except (subprocess.SubprocessError, OSError) as e:
+        out["error"] = str(e)[:200]
+    finally:
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
+    return out
 
 
 def profile_pass(t: Target, w: str, run, rep: int, idle: bool) -> dict:
