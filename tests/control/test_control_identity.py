@@ -63,14 +63,18 @@ def test_credentials_dir_works_from_bash_with_aws_cli(cloud, tmp_path):
         aws --endpoint-url "$EC2_URL" ec2 describe-security-groups --group-names from-bash \
             --query 'SecurityGroups[0].OwnerId' --output text
         echo "user=$EC2_USER_ID"
+        # The aws cli profile alone (no environment) reaches the same cloud.
+        env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_ENDPOINT_URL_EC2 \
+            AWS_CONFIG_FILE={out}/aws-config aws --profile eucalyptus-admin ec2 describe-security-groups \
+            --group-names from-bash --query 'SecurityGroups[0].GroupName' --output text
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PATH"] = f"{VENV_BIN}:{env['PATH']}"
     env["HOME"] = str(tmp_path)
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    group_id, owner, user_line = done.stdout.split()
-    assert group_id.startswith("sg-") and user_line == f"user={owner}"
+    group_id, owner, user_line, via_profile = done.stdout.split()
+    assert group_id.startswith("sg-") and user_line == f"user={owner}" and via_profile == "from-bash"
 
 
 def test_user_certificate_is_signed_by_the_cloud(cloud, tmp_path):
