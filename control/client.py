@@ -18,13 +18,13 @@ from pathlib import Path
 import aiohttp
 
 from eucalypt.clock import SystemClock
-from walrus.users import User
+from walrus.users import DirectoryUnavailable, User
 
 from . import internal
 from .datadir import SERVICE_SECRET_FILE
 
 
-class ControlUnavailable(RuntimeError):
+class ControlUnavailable(DirectoryUnavailable):
     """Control did not answer a lookup (down, unreachable, or it refused our secret)."""
 
 

@@ -35,14 +35,18 @@ def _walrus_parser(sub) -> None:
     p.add_argument("--region", help="region reported for buckets without a location constraint [us-east-1]")
     p.add_argument("--multipart-expiry-hours", type=float,
                    help="abort multipart uploads left unfinished this long [168]")
-    p.add_argument("--control", help="URL of the cloud controller to authenticate users against (not yet available)")
+    p.add_argument("--control", help="URL of the cloud controller to authenticate users against "
+                                     "(instead of --users); needs --service-secret-file")
+    p.add_argument("--service-secret-file", type=Path,
+                   help="file holding control's service secret (control's DATA_DIR/service.secret)")
+    p.add_argument("--system-user", help="the identity aws-exec-read grants READ to [eucalypt]")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_run_walrus)
 
 
 WALRUS_DEFAULTS = {"host": "127.0.0.1", "port": 8774, "data_dir": Path("./var/walrus"), "users": None,
                    "domains": ["localhost"], "region": "us-east-1", "multipart_expiry_hours": 168.0,
-                   "control": None}
+                   "control": None, "service_secret_file": None, "system_user": "eucalypt"}
 
 
 def resolve_settings(args, defaults: dict, env_prefix: str) -> dict:
@@ -66,7 +70,7 @@ def resolve_settings(args, defaults: dict, env_prefix: str) -> dict:
     for name, default in defaults.items():
         if isinstance(default, (int, float)) and settings[name] is not None:
             settings[name] = type(default)(settings[name])
-    for name in ("data_dir", "users"):
+    for name in ("data_dir", "users", "service_secret_file"):
         if settings.get(name) is not None:
             settings[name] = Path(settings[name])
     return settings
@@ -76,15 +80,22 @@ async def _serve_walrus(args) -> int:
     from walrus.server import WalrusConfig, WalrusServer
 
     settings = resolve_settings(args, WALRUS_DEFAULTS, "WALRUS")
+    users = None
     if settings["control"]:
-        print("eucalypt walrus: --control is not available yet; use --users FILE", file=sys.stderr)
-        return 2
+        if settings["users"] is not None or settings["service_secret_file"] is None:
+            print("eucalypt walrus: --control needs --service-secret-file and excludes --users",
+                  file=sys.stderr)
+            return 2
+        from control.client import ControlUserDirectory
+        secret = settings["service_secret_file"].read_text().strip()
+        users = ControlUserDirectory(settings["control"], secret)
     config = WalrusConfig(data_dir=settings["data_dir"], host=settings["host"], port=int(settings["port"]),
                           users_file=settings["users"], region=settings["region"],
                           domains=tuple(settings["domains"]),
                           upload_expiry_seconds=float(settings["multipart_expiry_hours"]) * 3600,
-                          upload_sweep_interval=min(3600.0, float(settings["multipart_expiry_hours"]) * 3600 / 4))
-    server = WalrusServer(config)
+                          upload_sweep_interval=min(3600.0, float(settings["multipart_expiry_hours"]) * 3600 / 4),
+                          system_user=settings["system_user"])
+    server = WalrusServer(config, users=users)
     await server.start()
     print(f"walrus: listening on {server.url}", flush=True)
     print(f"walrus: data in {config.data_dir.resolve()}", flush=True)
@@ -134,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"eucalypt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     _walrus_parser(sub)
+    from control.cli import add_parser as add_control_parsers
+    add_control_parsers(sub)
     from imagecache.cli import add_parser as add_imagecache_parser
     add_imagecache_parser(sub)
     return parser

@@ -1,7 +1,6 @@
 """Test support: run a real `eucalypt control` process and its admin CLI; EC2 clients.
 
 A module of its own (not conftest.py) so every test directory can import it by one name.
-Until control is wired into eucalypt/cli.py, processes run `python -m control.cli`.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ class ControlProcess:
 
 
 def _cli() -> list[str]:
-    return [sys.executable, "-m", "control.cli"]
+    return [sys.executable, "-m", "eucalypt.cli"]
 
 
 def admin(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

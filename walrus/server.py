@@ -36,7 +36,8 @@ from .s3.router import address, route
 from .s3.xml import error_document
 from .storage.engine import Engine
 from .storage.errors import CorruptChunk
-from .users import StaticUsers, User, UserDirectory, canonical_id_for, generated_admin, load_users_file
+from .users import (DirectoryUnavailable, StaticUsers, User, UserDirectory, canonical_id_for,
+                    generated_admin, load_users_file)
 
 log = logging.getLogger("eucalypt.walrus")
 
@@ -171,6 +172,9 @@ class WalrusServer:
             await self._runner.cleanup()
         if self.service is not None:
             await self.service.engine.close()
+            close = getattr(self.service.users, "close", None)
+            if close is not None:
+                await close()
 
     async def _sweep_uploads(self) -> None:
         """Orphan cleanup: abort multipart uploads nobody finished."""
@@ -238,7 +242,12 @@ class WalrusServer:
             auth = parse(http_request, service="s3", sigv2_resource=addr.sigv2_resource)
             if auth is None:
                 return None, None
-            user = await self.service.users.by_access_key(auth.access_key)
+            try:
+                user = await self.service.users.by_access_key(auth.access_key)
+            except DirectoryUnavailable as exc:
+                log.warning("user directory unavailable: %s", exc)
+                raise S3Error("ServiceUnavailable", "The user directory cannot be reached; retry later.",
+                              status=503) from exc
             if user is None:
                 raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=auth.access_key)
             verified = self._verify(auth, http_request, user.secret_key, addr)

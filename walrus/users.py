@@ -36,8 +36,13 @@ def canonical_id_for(name: str) -> str:
     return hashlib.sha256(f"eucalypt-user:{name}".encode()).hexdigest()
 
 
+class DirectoryUnavailable(RuntimeError):
+    """The directory cannot answer now (e.g. control is unreachable): not "no such user"."""
+
+
 class UserDirectory(Protocol):
-    """Read-only lookups. None means "no such (enabled) user"; lookups never raise for that."""
+    """Read-only lookups. None means "no such (enabled) user"; lookups never raise for that,
+    and raise DirectoryUnavailable when they cannot tell."""
 
     async def by_access_key(self, access_key: str) -> User | None: ...
 
