@@ -1,0 +1,136 @@
+"""`eucalypt node`: run the node agent.
+
+    eucalypt node --port 8775 --data-dir DIR --control URL [--cluster NAME] [--hypervisor URI]
+                  [--walrus URL ...] --service-secret-file FILE --walrus-credentials FILE
+
+Settings: --config (TOML, keys named like the long options with underscores) < NODE_*
+environment variables < flags. --control is recorded (registration with control comes
+later; nothing is sent to it yet). Walrus credentials: a file with `access_key = ...` /
+`secret_key = ...` lines (TOML), or NODE_WALRUS_ACCESS_KEY / NODE_WALRUS_SECRET_KEY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+NODE_DEFAULTS = {"host": "127.0.0.1", "port": 8775, "data_dir": Path("./var/node"), "control": None,
+                 "cluster": None, "hypervisor": "qemu:///system", "walrus": ["http://127.0.0.1:8774"],
+                 "bucket": "eucalypt-images", "service_secret_file": None, "walrus_credentials": None,
+                 "walrus_region": "us-east-1", "bridge": None, "cache_limit": "16G",
+                 "fetch_concurrency": 8, "cores": 0, "memory_mib": 0}
+
+
+def parse_size(text: str | int) -> int:
+    s = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(s[-1:], 1)
+    return int(float(s[:-1] if scale != 1 else s) * scale)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "node", help="run the node controller (image cache, instances through libvirt)",
+        description="Run the node agent: it fetches image chunks from Walrus into a local cache, "
+                    "assembles base images and runs instances through libvirt.")
+    p.add_argument("--config", type=Path, help="TOML file with any of the settings below")
+    p.add_argument("--host", help="address to listen on [127.0.0.1]")
+    p.add_argument("--port", type=int, help="port to listen on; 0 picks a free one [8775]")
+    p.add_argument("--data-dir", type=Path, help="cache, images, instances, state [./var/node]")
+    p.add_argument("--control", help="URL of the cloud controller (recorded; registration is not implemented yet)")
+    p.add_argument("--cluster", help="the cluster (availability zone) this node belongs to")
+    p.add_argument("--hypervisor", help="libvirt URI [qemu:///system]; test:///default needs no daemon")
+    p.add_argument("--walrus", action="append", help="Walrus (S3) URL to fetch images from; repeatable "
+                                                     "(later ones are tried when earlier ones fail)")
+    p.add_argument("--bucket", help="the system bucket holding image manifests and packs [eucalypt-images]")
+    p.add_argument("--service-secret-file", type=Path, help="file holding the service secret shared with control")
+    p.add_argument("--walrus-credentials", type=Path, help="TOML file with access_key and secret_key for Walrus")
+    p.add_argument("--walrus-region", help="S3 region to sign for [us-east-1]")
+    p.add_argument("--bridge", help="bridge for the instances' taps (none: instances get no NIC)")
+    p.add_argument("--cache-limit", help="hard cap of the local image cache, e.g. 40G [16G]")
+    p.add_argument("--fetch-concurrency", type=int, help="ranged GETs in flight per image [8]")
+    p.add_argument("--cores", type=int, help="cores to offer (0: the host's)")
+    p.add_argument("--memory-mib", type=int, help="memory to offer in MiB (0: the host's)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_run_node)
+
+
+def build_config(settings: dict):
+    import tomllib
+
+    from .config import NodeConfig, WalrusEndpoint
+    from .fetcher import FetchPolicy
+
+    if settings["service_secret_file"] is None:
+        raise SystemExit("eucalypt node: --service-secret-file is required")
+    secret = Path(settings["service_secret_file"]).read_text().strip()
+    access = os.environ.get("NODE_WALRUS_ACCESS_KEY")
+    secret_key = os.environ.get("NODE_WALRUS_SECRET_KEY")
+    if settings["walrus_credentials"]:
+        with open(settings["walrus_credentials"], "rb") as f:
+            creds = tomllib.load(f)
+        access, secret_key = creds.get("access_key", access), creds.get("secret_key", secret_key)
+    if not access or not secret_key:
+        raise SystemExit("eucalypt node: Walrus credentials are required (--walrus-credentials)")
+    urls = settings["walrus"] if isinstance(settings["walrus"], list) else [settings["walrus"]]
+    return NodeConfig(
+        data_dir=Path(settings["data_dir"]), service_secret=secret,
+        walrus=tuple(WalrusEndpoint(u, access, secret_key, settings["walrus_region"]) for u in urls),
+        host=settings["host"], port=int(settings["port"]), control_url=settings["control"],
+        cluster=settings["cluster"], bucket=settings["bucket"], hypervisor_uri=settings["hypervisor"],
+        bridge=settings["bridge"], cache_limit=parse_size(settings["cache_limit"]),
+        fetch=FetchPolicy(concurrency=int(settings["fetch_concurrency"])),
+        cores=int(settings["cores"]) or None, memory_mib=int(settings["memory_mib"]) or None)
+
+
+async def _serve(config) -> int:
+    from .server import NodeServer
+
+    server = NodeServer(config)
+    await server.start()
+    print(f"node: listening on {server.url}", flush=True)
+    print(f"node: data in {config.data_dir.resolve()}; hypervisor {config.hypervisor_uri}; "
+          f"cache limit {config.cache_limit} bytes", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("node: shutting down", flush=True)
+    await server.stop()
+    return 0
+
+
+def _run_node(args) -> int:
+    from eucalypt.cli import _run, resolve_settings
+
+    from .errors import NodeError
+
+    settings = resolve_settings(args, NODE_DEFAULTS, "NODE")
+    config = build_config(settings)
+    try:
+        return _run(_serve(config))
+    except (OSError, NodeError) as exc:
+        print(f"eucalypt node: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m node.cli node ...` (until `eucalypt node` is wired into eucalypt/cli.py)."""
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser(prog="eucalypt")
+    add_parser(parser.add_subparsers(dest="command", metavar="SUBCOMMAND"))
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

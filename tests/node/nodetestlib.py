@@ -1,0 +1,152 @@
+"""Helpers for the node tests: images prepared by the real imagecache into a real
+Walrus, node agents on loopback over libvirt's test driver, a latency proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientSession, web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "imagecache"))
+
+from bundletools import keys  # noqa: E402
+from bundletools.writer import BundleSpec, bundle_image  # noqa: E402
+from imagecache import CacheConfig, ImageCache  # noqa: E402
+from imagecache_testlib import (  # noqa: E402,F401  (fixtures re-exported)
+    ALICE_CERT, ALICE_PK, CLOUD_CERT, SYSTEM, alice_cert, alice_s3, bundle_bucket, cloud_key, ic_walrus,
+    system_bucket, system_endpoint, system_s3, upload_bundle_dir)
+
+from node.client import NodeClient  # noqa: E402
+from node.config import NodeConfig, WalrusEndpoint  # noqa: E402
+from node.fetcher import FetchPolicy  # noqa: E402
+from node.hypervisor import LibvirtHypervisor  # noqa: E402
+from node.server import NodeServer  # noqa: E402
+
+SECRET = "node-test-service-secret"
+
+
+def random_bytes(seed: str, size: int) -> bytes:
+    return hashlib.shake_256(seed.encode()).digest(size)
+
+
+def mixed_image(path: Path, mib: int, seed: str) -> Path:
+    """Random MiBs with zero MiBs between (so zero chunks exist)."""
+    with open(path, "wb") as f:
+        for i in range(mib):
+            f.write(bytes(1 << 20) if i % 4 == 3 else random_bytes(f"{seed}:{i}", 1 << 20))
+    return path
+
+
+def bundle(tmp_path: Path, image: Path, prefix: str, image_type: str = "machine"):
+    return bundle_image(image, tmp_path / f"bundle-{prefix}",
+                        BundleSpec(user="123456789012", prefix=prefix, part_size=4 << 20, image_type=image_type),
+                        cloud_cert=keys.load_certificate(CLOUD_CERT), user_cert=keys.load_certificate(ALICE_CERT),
+                        private_key=keys.load_private_key(ALICE_PK))
+
+
+async def prepare(tmp_path: Path, image: Path, image_id: str, *, alice_s3, bundle_bucket, system_endpoint,
+                  system_bucket, cloud_key, alice_cert, image_type: str = "machine"):
+    """Bundle, upload and imagecache-prepare `image`; the PrepareResult."""
+    b = bundle(tmp_path, image, image_id, image_type)
+    location = upload_bundle_dir(alice_s3, bundle_bucket, b.manifest_path.parent, b.manifest_path.name)
+    async with ImageCache(system_endpoint, cloud_key, CacheConfig(bucket=system_bucket)) as cache:
+        return await cache.prepare(location, image_id, user_cert=alice_cert)
+
+
+@pytest.fixture
+def hypervisor():
+    """A fresh test:///default connection (its domains live and die with it)."""
+    hv = LibvirtHypervisor("test:///default")
+    yield hv
+    hv._conn.close()
+
+
+def node_config(data_dir: Path, walrus_url: str | list[str], bucket: str, **options) -> NodeConfig:
+    urls = [walrus_url] if isinstance(walrus_url, str) else walrus_url
+    fetch = options.pop("fetch", FetchPolicy())
+    return NodeConfig(data_dir=data_dir, service_secret=SECRET, port=0,
+                      walrus=tuple(WalrusEndpoint(u, SYSTEM.access_key, SYSTEM.secret_key) for u in urls),
+                      bucket=bucket, hypervisor_uri="test:///default", fetch=fetch, **options)
+
+
+async def no_sleep(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+class Node:
+    """A started NodeServer plus a signed client."""
+
+    def __init__(self, server: NodeServer) -> None:
+        self.server = server
+        self.client = NodeClient(server.url, SECRET)
+
+    @property
+    def agent(self):
+        return self.server.agent
+
+    def metric(self, name: str, labels: dict | None = None) -> float:
+        return self.server.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+    @property
+    def fetched(self) -> float:
+        return self.metric("eucalypt_node_chunk_fetched_bytes_total")
+
+    async def stop(self) -> None:
+        await self.client.close()
+        await self.server.stop()
+
+
+async def start_node(config: NodeConfig, hypervisor, **options) -> Node:
+    options.setdefault("sleep", no_sleep)
+    server = NodeServer(config, hypervisor=hypervisor, **options)
+    await server.start()
+    return Node(server)
+
+
+class LatencyProxy:
+    """A test-only HTTP proxy in front of Walrus: every request waits `latency` seconds
+    first. The Host header is passed through unchanged, so SigV4 signatures made for
+    the proxy's address still verify at Walrus."""
+
+    def __init__(self, upstream: str, latency: float) -> None:
+        self.upstream, self.latency = upstream.rstrip("/"), latency
+        self.requests = 0
+        self._runner = None
+        self._session = None
+        self.url = ""
+
+    async def start(self) -> "LatencyProxy":
+        self._session = ClientSession(auto_decompress=False)
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        await asyncio.sleep(self.latency)
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
+        try:
+            async with self._session.request(request.method, self.upstream + request.path_qs, data=body,
+                                             headers=headers, skip_auto_headers=("User-Agent",)) as up:
+                data = await up.read()
+                out = {k: v for k, v in up.headers.items()
+                       if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")}
+                return web.Response(status=up.status, body=data, headers=out)
+        except Exception as exc:  # upstream down: what a load balancer in front would say
+            return web.Response(status=502, text=f"upstream unreachable: {exc!r}")
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+        if self._session:
+            await self._session.close()
