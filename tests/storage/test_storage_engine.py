@@ -506,6 +506,19 @@ async def test_corrupted_chunk(engine):
         await read_all(engine, rec, CHUNK, CHUNK + 1)
 
 
+async def test_chunk_corrupted_after_a_good_read_is_caught_within_ttl(engine, clock):
+    data = os.urandom(2 * CHUNK)
+    rec = await put(engine, "bkt", "k", data)
+    assert await read_all(engine, rec) == data  # hashed once: trusted for verify_ttl
+    path = engine.chunk_path(rec.chunks[0])
+    raw = bytearray(path.read_bytes())
+    raw[7] ^= 0x01
+    path.write_bytes(bytes(raw))
+    clock.advance(engine.verify_ttl + 1)
+    with pytest.raises(CorruptChunk):
+        await read_all(engine, rec)
+
+
 async def test_corrupted_zstd_chunk(engine):
     rec = await put(engine, "bkt", "k", b"abc" * CHUNK)
     path = engine.chunk_path(rec.chunks[0])
