@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -129,6 +130,9 @@ class WalrusServer:
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task | None = None
         self.port: int | None = None
+        # Request ids: unique per server start, cheap (no syscall per request).
+        self._request_id_prefix = secrets.token_hex(3).upper()
+        self._request_ids = itertools.count(1)
 
     @property
     def url(self) -> str:
@@ -190,7 +194,7 @@ class WalrusServer:
 
     # ---- request handling -------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = secrets.token_hex(8).upper()
+        request_id = f"{self._request_id_prefix}{next(self._request_ids):010X}"
         request["request_id"] = request_id
         service = self.service
         started = time.monotonic()
