@@ -87,9 +87,12 @@ class ChunkFetcher:
                 n = await self._fetch_request(request)
                 stored[0] += n
 
-        async with asyncio.TaskGroup() as group:
-            for request in plan:
-                group.create_task(one(request))
+        try:
+            async with asyncio.TaskGroup() as group:  # the first failure cancels the rest
+                for request in plan:
+                    group.create_task(one(request))
+        except* FetchFailed as group:
+            raise group.exceptions[0] from None
         return stored[0]
 
     async def _fetch_request(self, request: RangeRequest) -> int:

@@ -73,6 +73,9 @@ class LibvirtHypervisor(Hypervisor):
     def __init__(self, uri: str, *, domain_type: str | None = None) -> None:
         import libvirt
         self._libvirt = libvirt
+        # libvirt prints every error to stderr by default, even those we expect and handle
+        # (a domain without our metadata); errors still reach us as libvirtError.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         self.uri = uri
         try:
             self._conn = libvirt.open(uri)

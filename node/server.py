@@ -131,7 +131,9 @@ class NodeServer:
             raise BadRequest(f"image id {image_id!r} is malformed")
         result = await self.agent.cache.ensure(image_id)
         image = next(i for i in self.agent.describe_images() if i["image_id"] == image_id)
-        return web.json_response({"image": image, "fetched_bytes": result.fetched_bytes})
+        return web.json_response({"image": image, "fetched_bytes": result.fetched_bytes,
+                                  "fetch_seconds": result.fetch_seconds,
+                                  "assemble_seconds": result.assemble_seconds})
 
     async def list_instances(self, request):
         return web.json_response({"instances": await self.agent.instances.describe_all()})

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from aiohttp import ClientSession, web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "imagecache"))
 
@@ -17,7 +16,7 @@ from bundletools import keys  # noqa: E402
 from bundletools.writer import BundleSpec, bundle_image  # noqa: E402
 from imagecache import CacheConfig, ImageCache  # noqa: E402
 from imagecache_testlib import (  # noqa: E402,F401  (fixtures re-exported)
-    ALICE_CERT, ALICE_PK, CLOUD_CERT, SYSTEM, alice_cert, alice_s3, bundle_bucket, cloud_key, ic_walrus,
+    ALICE_CERT, ALICE_PK, CLOUD_CERT, SYSTEM, USERS, alice_cert, alice_s3, bundle_bucket, cloud_key, ic_walrus,
     system_bucket, system_endpoint, system_s3, upload_bundle_dir)
 
 from node.client import NodeClient  # noqa: E402
@@ -25,6 +24,8 @@ from node.config import NodeConfig, WalrusEndpoint  # noqa: E402
 from node.fetcher import FetchPolicy  # noqa: E402
 from node.hypervisor import LibvirtHypervisor  # noqa: E402
 from node.server import NodeServer  # noqa: E402
+
+from latencyproxy import LatencyProxy, ProxyProcess  # noqa: E402,F401
 
 SECRET = "node-test-service-secret"
 
@@ -105,48 +106,3 @@ async def start_node(config: NodeConfig, hypervisor, **options) -> Node:
     server = NodeServer(config, hypervisor=hypervisor, **options)
     await server.start()
     return Node(server)
-
-
-class LatencyProxy:
-    """A test-only HTTP proxy in front of Walrus: every request waits `latency` seconds
-    first. The Host header is passed through unchanged, so SigV4 signatures made for
-    the proxy's address still verify at Walrus."""
-
-    def __init__(self, upstream: str, latency: float) -> None:
-        self.upstream, self.latency = upstream.rstrip("/"), latency
-        self.requests = 0
-        self._runner = None
-        self._session = None
-        self.url = ""
-
-    async def start(self) -> "LatencyProxy":
-        self._session = ClientSession(auto_decompress=False)
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests += 1
-        await asyncio.sleep(self.latency)
-        body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
-        try:
-            async with self._session.request(request.method, self.upstream + request.path_qs, data=body,
-                                             headers=headers, skip_auto_headers=("User-Agent",)) as up:
-                data = await up.read()
-                out = {k: v for k, v in up.headers.items()
-                       if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")}
-                return web.Response(status=up.status, body=data, headers=out)
-        except Exception as exc:  # upstream down: what a load balancer in front would say
-            return web.Response(status=502, text=f"upstream unreachable: {exc!r}")
-
-    async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
-        if self._session:
-            await self._session.close()
