@@ -1,10 +1,10 @@
 """The hypervisor seam: libvirt-python behind one small interface.
 
 `Hypervisor` is what the instance manager needs and nothing more. `LibvirtHypervisor`
-keeps ONE connection for the agent's lifetime: besides being cheaper, that is what makes
-`test:///default` usable at all -- every new connection to the test driver starts from
-its fresh built-in state, so domains defined on one connection are invisible to another
-(and none survive the process). libvirt calls block, so they run in a worker thread,
+keeps ONE connection for the agent's lifetime (cheaper, and safe with the test driver,
+whose state lives in the process: with libvirt 9.0 connections of one process to
+`test:///default` share it, other libvirt versions start each connection fresh; either
+way no domain survives the process). libvirt calls block, so they run in a worker thread,
 one at a time (a libvirt connection may be used from several threads, but serialising
 keeps error reporting per call unambiguous).
 """

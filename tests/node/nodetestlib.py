@@ -60,9 +60,15 @@ async def prepare(tmp_path: Path, image: Path, image_id: str, *, alice_s3, bundl
 
 @pytest.fixture
 def hypervisor():
-    """A fresh test:///default connection (its domains live and die with it)."""
+    """A test:///default connection. With libvirt 9.0 the driver's state is shared by the
+    connections of one process, so the domains a test made are removed afterwards."""
     hv = LibvirtHypervisor("test:///default")
     yield hv
+    for dom in hv._conn.listAllDomains():
+        if dom.name() != "test":  # the driver's built-in domain
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
     hv._conn.close()
 
 
