@@ -7,6 +7,7 @@ of `UserDirectory`, nothing else changes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -32,6 +33,7 @@ class User:
         return canonical_id_for(self.name)
 
 
+@functools.lru_cache(maxsize=65536)
 def canonical_id_for(name: str) -> str:
     return hashlib.sha256(f"eucalypt-user:{name}".encode()).hexdigest()
 

@@ -7,6 +7,7 @@ verified stream, and turning stored object metadata into response headers.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -271,8 +272,14 @@ def check_key(key: str) -> None:
         raise S3Error("KeyTooLongError", Size=str(len(key.encode())), MaxSizeAllowed=str(MAX_KEY_BYTES))
 
 
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:
+    return formatdate(seconds, usegmt=True)
+
+
 def http_date(timestamp: float) -> str:
-    return formatdate(timestamp, usegmt=True)
+    """RFC 7231 date (Last-Modified); memoised, formatdate is slow on the hot path."""
+    return _http_date(int(timestamp))
 
 
 def object_headers(record: ObjectRecord, *, checksum_mode: bool = False) -> dict[str, str]:
