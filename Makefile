@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STATE  ?= ./var
 # Debian/Ubuntu packages the project needs at run and test time.
-APT_PACKAGES := python3-venv python3-dev gcc openssl gzip tar e2fsprogs curl
+APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev qemu-utils openssl gzip tar e2fsprogs curl
 
 .PHONY: setup apt run test bench clean
 

@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     _walrus_parser(sub)
     from control.cli import add_parser as add_control_parsers
     add_control_parsers(sub)
+    from node.cli import add_parser as add_node_parser
+    add_node_parser(sub)
     from imagecache.cli import add_parser as add_imagecache_parser
     add_imagecache_parser(sub)
     return parser
