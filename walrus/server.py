@@ -93,6 +93,7 @@ class WalrusService:
                 first = await pieces.__anext__()
             except StopAsyncIteration:
                 first = b""
+        stamp_response(response, ctx.request_id)
         await response.prepare(ctx.request)
         sent = 0
         try:
@@ -109,12 +110,13 @@ class WalrusService:
         await response.write_eof()
 
 
-async def _stamp_response(request: web.Request, response: web.StreamResponse) -> None:
-    """Every response, streamed or not, carries the request id (as S3's do)."""
-    request_id = request.get("request_id", "")
-    response.headers["x-amz-request-id"] = request_id
-    response.headers["x-amz-id-2"] = request_id
-    response.headers["Server"] = "eucalypt-walrus"
+def stamp_response(response: web.StreamResponse, request_id: str) -> None:
+    """Every response carries the request id, as S3's do; streamed ones get it from the
+    handler before their headers go out, the rest in _handle."""
+    headers = response.headers
+    headers["x-amz-request-id"] = request_id
+    headers["x-amz-id-2"] = request_id
+    headers["Server"] = "eucalypt-walrus"
 
 
 class WalrusServer:
@@ -127,7 +129,7 @@ class WalrusServer:
         self.admin: User | None = None
         self.admin_credentials: Path | None = None
         self.admin_created = False
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self._sweeper: asyncio.Task | None = None
         self.port: int | None = None
         # Request ids: unique per server start, cheap (no syscall per request).
@@ -152,14 +154,13 @@ class WalrusServer:
                                    chunk_size=config.chunk_size, inline_limit=config.inline_limit)
         metrics = WalrusMetrics(engine.stats)
         self.service = WalrusService(engine, users, metrics, config, self.clock)
-        app = web.Application(client_max_size=64 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        app.on_response_prepare.append(_stamp_response)
+        # aiohttp's low-level server: Walrus routes every request itself (walrus/s3/router.py),
+        # so the application router, middlewares and signals would only add per-request cost.
+        server = web.Server(self._handle, access_log=None, max_line_size=PARSER_LINE_LIMIT,
+                            max_field_size=PARSER_LINE_LIMIT)
         # The parser's limits sit well above S3's (8 KiB header section, 1 KiB keys) so that
         # our checks answer oversize requests with S3 errors, not aiohttp's plain-text 400.
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                                     max_line_size=PARSER_LINE_LIMIT,
-                                     max_field_size=PARSER_LINE_LIMIT)
+        self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, config.host, config.port, backlog=1024, reuse_address=True)
         await site.start()
@@ -193,9 +194,8 @@ class WalrusServer:
             await asyncio.sleep(self.config.upload_sweep_interval)
 
     # ---- request handling -------------------------------------------------------------
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = f"{self._request_id_prefix}{next(self._request_ids):010X}"
-        request["request_id"] = request_id
         service = self.service
         started = time.monotonic()
         raw_path = request.raw_path.split("?", 1)[0]
@@ -227,6 +227,13 @@ class WalrusServer:
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             response = self._error_response(request, S3Error("InternalError"), request_id, ctx)
+        if not response.prepared:
+            stamp_response(response, request_id)
+            if request.headers.get("Expect", "").lower() == "100-continue" \
+                    and not request.get("continue_sent"):
+                # Answered before asking for the body: the client will not send it, so
+                # the connection cannot carry another request (its framing is unknown).
+                response.force_close()
         metrics = service.metrics
         metrics.requests.labels(operation, str(response.status)).inc()
         metrics.duration.labels(operation).observe(time.monotonic() - started)
@@ -234,12 +241,12 @@ class WalrusServer:
             metrics.bytes_received.inc(ctx.bytes_in)
         return response
 
-    def _check_header_size(self, request: web.Request) -> None:
+    def _check_header_size(self, request: web.BaseRequest) -> None:
         size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
         if size > MAX_HEADER_SECTION:
             raise S3Error("RequestHeaderSectionTooLarge", MaxSizeAllowed=str(MAX_HEADER_SECTION))
 
-    async def _authenticate(self, request: web.Request, raw_path: str, addr):
+    async def _authenticate(self, request: web.BaseRequest, raw_path: str, addr):
         http_request = HttpRequest(request.method, raw_path, request.rel_url.raw_query_string,
                                    request.headers)
         try:
@@ -274,7 +281,7 @@ class WalrusServer:
             retry = parse(http_request, service="s3", sigv2_resource=other)
             return verify(retry, http_request, secret, now=now)
 
-    def _error_response(self, request: web.Request, exc: S3Error, request_id: str, ctx) -> web.Response:
+    def _error_response(self, request: web.BaseRequest, exc: S3Error, request_id: str, ctx) -> web.Response:
         headers = {}
         if exc.status == 304 or request.method == "HEAD":
             return web.Response(status=exc.status, headers=headers)
@@ -284,7 +291,7 @@ class WalrusServer:
             headers["Content-Range"] = f"bytes */{exc.fields['ActualObjectSize']}"
         return web.Response(status=exc.status, body=body, headers=headers, content_type="application/xml")
 
-    async def _operations(self, request: web.Request, path: str) -> web.Response:
+    async def _operations(self, request: web.BaseRequest, path: str) -> web.Response:
         what = path[len(OPS_PREFIX):]
         if what == "health" and request.method in ("GET", "HEAD"):
             body = json.dumps({"status": "ok", "service": "walrus", "pid": os.getpid()})

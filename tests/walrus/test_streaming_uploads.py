@@ -136,3 +136,30 @@ def test_expect_100_continue_with_boto3(alice, bucket):
     alice.put_object(Bucket=bucket, Key="expect", Body=b"x" * 100_000)
     assert seen == [b"100-continue"] or seen == ["100-continue"]
     assert alice.get_object(Bucket=bucket, Key="expect")["Body"].read() == b"x" * 100_000
+
+
+def _head_only_put(walrus, path, headers):
+    """Send only the request head of a PUT with Expect: 100-continue; return the first
+    status line the server answers with."""
+    import socket
+    lines = [f"PUT {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items()]
+    with socket.create_connection(("127.0.0.1", walrus.port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return sock.recv(65536).split(b"\r\n", 1)[0].decode()
+
+
+def _signed_put_headers(walrus, path, secret):
+    host = f"127.0.0.1:{walrus.port}"
+    headers = {"host": host, "content-length": "5", "expect": "100-continue"}
+    signed = sign_v4(HttpRequest("PUT", path, "", headers), access_key=ALICE.access_key, secret=secret,
+                     region=REGION, service="s3", now=datetime.now(timezone.utc))
+    return {**headers, **signed}
+
+
+def test_expect_continue_only_after_authentication(walrus, alice, bucket):
+    path = f"/{bucket}/early"
+    assert _head_only_put(walrus, path, _signed_put_headers(walrus, path, ALICE.secret_key)) \
+        == "HTTP/1.1 100 Continue"
+    # A request that will be refused is refused before the client sends its body.
+    assert _head_only_put(walrus, path, _signed_put_headers(walrus, path, "wrong-secret")) \
+        == "HTTP/1.1 403 Forbidden"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from eucalypt.auth import AuthError, AwsChunkedDecoder, PayloadMode, Verified
 
@@ -42,7 +42,7 @@ READ_SIZE = 1024 * 1024
 
 @dataclass
 class Context:
-    request: web.Request
+    request: web.BaseRequest
     route: Route
     addr: Address
     query: Mapping[str, str]
@@ -301,7 +301,18 @@ def object_headers(record: ObjectRecord, *, checksum_mode: bool = False) -> dict
     return headers
 
 
+async def send_continue(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue` when the body is first wanted: by then the request is
+    authenticated and authorised, so a refused upload is refused before its body is sent."""
+    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue" \
+            and not request.get("continue_sent"):
+        request["continue_sent"] = True
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the response
+
+
 async def _body_stream(ctx: Context, max_size: int | None) -> AsyncIterator[bytes]:
+    await send_continue(ctx.request)
     content = ctx.request.content
     encoded_length = ctx.request.content_length
     declared = ctx.declared_length()

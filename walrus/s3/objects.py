@@ -202,8 +202,7 @@ async def get_object(ctx: Context, *, head: bool = False) -> web.StreamResponse:
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
     if head:
-        await response.prepare(ctx.request)
-        return response
+        return response  # nothing to stream: the server sends the headers
     await ctx.service.send_body(ctx, response, record, start, end)
     return response
 
