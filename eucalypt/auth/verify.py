@@ -213,7 +213,7 @@ def _parse_v4_query(params: list[tuple[bytes, bytes]], service: str) -> AuthRequ
     try:
         v4.parse_amz_date(amz_date)
     except ValueError:
-        raise err(f"X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"") from None
+        raise err("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"") from None
     if amz_date[:8] != date:
         raise err(f"invalid credential date {date!r}; it is not the date of X-Amz-Date")
     expires_text = got["X-Amz-Expires"]

@@ -9,7 +9,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from bundletools import errors, reader
+from bundletools import reader
 from bundletools.cli import delete_bundle, download_bundle, upload_bundle
 from bundletools.s3 import BundleLocation, S3Endpoint, upload_bundle as upload_api
 

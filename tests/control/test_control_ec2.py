@@ -3,7 +3,6 @@ tags, the cloud's description, authentication and errors, two accounts kept apar
 
 from __future__ import annotations
 
-import base64
 import datetime
 import hashlib
 import urllib.request

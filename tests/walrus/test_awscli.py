@@ -75,7 +75,7 @@ def test_s3_mb_cp_sync_ls_rm_rb(aws, walrus, tmp_path, bucket_name):
     big = os.urandom(MULTIPART_SIZE)
     (tmp_path / "big.bin").write_bytes(big)
     out = aws("s3", "cp", "--no-progress", str(tmp_path / "big.bin"), f"{s3}/dir/big.bin").stdout
-    assert f"upload: " in out and f"{s3}/dir/big.bin" in out
+    assert "upload: " in out and f"{s3}/dir/big.bin" in out
     # A multipart upload (two 8 MiB-threshold parts): the ETag says so.
     head = json.loads(aws("s3api", "head-object", "--bucket", bucket_name, "--key", "dir/big.bin").stdout)
     assert head["ContentLength"] == MULTIPART_SIZE

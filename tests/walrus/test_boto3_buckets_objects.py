@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from botocore.exceptions import ClientError
 
-from walrustest import ALICE, BOB, s3_client
+from walrustest import ALICE, s3_client
 
 
 def code_of(exc: pytest.ExceptionInfo) -> str:

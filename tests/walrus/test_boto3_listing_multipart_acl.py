@@ -8,7 +8,6 @@ import urllib.request
 import pytest
 from botocore.exceptions import ClientError
 
-from walrustest import ALICE, BOB
 
 MiB = 1024 * 1024
 

@@ -1,11 +1,9 @@
 """`eucalypt walrus` settings: defaults < --config TOML < WALRUS_* environment < flags;
 and the generated admin of a standalone Walrus."""
 
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 

@@ -19,7 +19,6 @@ from aiohttp import HttpVersion11, web
 
 from eucalypt.auth import AuthError, AwsChunkedDecoder, PayloadMode, Verified
 
-from ..storage.errors import NoSuchBucket
 from ..storage.records import Acl, Bucket, Grant, ObjectMeta, ObjectRecord
 from ..users import User
 from . import grants as acl_policy
@@ -37,7 +36,6 @@ CHECKSUM_ALGORITHMS = {"CRC32": "crc32", "CRC32C": "crc32c", "SHA1": "sha1", "SH
 MAX_USER_METADATA = 2048
 MAX_KEY_BYTES = 1024
 MAX_XML_BODY = 2 * 1024 * 1024
-READ_SIZE = 1024 * 1024
 
 
 @dataclass
@@ -368,8 +366,3 @@ def check_bucket_name(name: str) -> None:
     if (not BUCKET_NAME.match(name) or ".." in name or ".-" in name or "-." in name
             or IP_LIKE.match(name) or name.startswith("xn--") or name.endswith("-s3alias")):
         raise S3Error("InvalidBucketName", BucketName=name)
-
-
-__all__ = ["Context", "S3Error", "NoSuchBucket", "check_bucket_name", "check_key",
-           "object_headers", "http_date", "trailers_of", "READ_SIZE"]
-

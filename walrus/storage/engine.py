@@ -71,7 +71,7 @@ from .digests import Digests
 from .errors import (BucketAlreadyExists, BucketAlreadyOwnedByYou, BucketNotEmpty,
                      InvalidPart, NoSuchBucket, NoSuchKey, NoSuchUpload, PreconditionFailed,
                      StorageError)
-from .kv import KV, LmdbKV, WriteTxn
+from .kv import KV, LmdbKV
 from .records import (Acl, Bucket, ChunkEncoding, ChunkRef, ObjectMeta, ObjectRecord, Part,
                       Staged, Upload)
 from .writer import Batch, Writer, read_counters, write_counters

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import sys
 import tempfile
-from pathlib import Path
 
 from ..errors import BundleError
 from .bundle_image import add_bundle_options, bundle_from_args
