@@ -4,7 +4,7 @@
        |  (run_coroutine_threadsafe hand-offs; bounded queues everywhere)
     thread 1      bundletools parts stage: part SHA-1 + AES-128-CBC
     thread 2      bundletools gunzip stage
-    thread 3      bundletools tar stage (tar SHA-1, first regular member) -> _Pipe
+    thread 3      bundletools tar stage (tar SHA-1, first regular member) -> Pipe
     thread 4      chunk stage: FastCDC cut, zero test, SHA-256 per chunk and of the
                   image, dedup lookup, new chunks appended to the current pack buffer
        |
@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import queue
 import secrets
 import threading
 import time
@@ -43,6 +42,7 @@ from dataclasses import dataclass
 
 from bundletools import reader as bt_reader
 from bundletools.manifest import Manifest, PartInfo
+from bundletools.pipe import Pipe
 
 from . import chunking
 from .errors import StoreError
@@ -205,31 +205,8 @@ class _PartReader:
 # --- image bytes: bundletools tar stage -> chunk stage --------------------------------
 
 
-class _Pipe:
-    """Bounded thread-to-thread hand-off, cancellable from either side."""
-
-    def __init__(self, depth: int = 8) -> None:
-        self.q: queue.Queue = queue.Queue(depth)
-        self.cancelled = threading.Event()
-
-    def put(self, item) -> None:
-        while True:
-            if self.cancelled.is_set():
-                raise Cancelled()
-            try:
-                self.q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def get(self):
-        while True:
-            if self.cancelled.is_set():
-                raise Cancelled()
-            try:
-                return self.q.get(timeout=0.1)
-            except queue.Empty:
-                continue
+def _new_pipe() -> Pipe:
+    return Pipe(8, error=Cancelled)
 
 
 class ImageSink:
@@ -239,7 +216,7 @@ class ImageSink:
     (that many zeros) in the pipe.
     """
 
-    def __init__(self, pipe: _Pipe, stats: PrepareStats) -> None:
+    def __init__(self, pipe: Pipe, stats: PrepareStats) -> None:
         self.pipe, self.stats = pipe, stats
 
     def write(self, data) -> int:
@@ -268,7 +245,7 @@ class ImageSink:
 class _PipeReader:
     """readinto() over the pipe, for pyfastcdc's stream chunker."""
 
-    def __init__(self, pipe: _Pipe) -> None:
+    def __init__(self, pipe: Pipe) -> None:
         self.pipe = pipe
         self.buf: memoryview | None = None
         self.zeros = 0
@@ -424,7 +401,7 @@ class ChunkedImage:
     written: frozenset[str] = frozenset()  # the packs this prepare wrote
 
 
-def chunk_stage(pipe: _Pipe, index: ChunkIndex, writer: PackWriter, stats: PrepareStats,
+def chunk_stage(pipe: Pipe, index: ChunkIndex, writer: PackWriter, stats: PrepareStats,
                 params: chunking.ChunkingParams) -> ChunkedImage:
     image_hash = hashlib.sha256()
     entries = []
@@ -502,7 +479,7 @@ async def run_pipeline(
     feeder = PartFeeder(s3, bundle_bucket, part_prefix, manifest, bridge, stats, window=part_window)
     uploader = PackUploader(store, concurrency=upload_concurrency)
     writer = PackWriter(bridge, uploader, stats, clock=clock, pack_size=pack_size, part_size=part_size)
-    pipe = _Pipe()
+    pipe = _new_pipe()
     sink = ImageSink(pipe, stats)
 
     def unbundle() -> None:

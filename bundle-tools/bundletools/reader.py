@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from .errors import (
 )
 from .manifest import Manifest, PartInfo
 from .pgzip import GunzipStream
+from .pipe import Pipe
 
 CHUNK = 1 << 20
 QUEUE_DEPTH = 8
@@ -71,34 +71,11 @@ class _Stop(Exception):
     """A downstream stage failed: finish the current part's check, then quit."""
 
 
-class _Pipe:
-    """A bounded hand-off between two stages that can be cancelled from either side."""
-
-    def __init__(self) -> None:
-        self.q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
-        self.cancelled = threading.Event()
-
-    def put(self, item) -> None:
-        while True:
-            if self.cancelled.is_set():
-                raise _Stop()
-            try:
-                self.q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def get(self):
-        while True:
-            if self.cancelled.is_set():
-                raise _Stop()
-            try:
-                return self.q.get(timeout=0.1)
-            except queue.Empty:
-                continue
+def _new_pipe() -> Pipe:
+    return Pipe(QUEUE_DEPTH, error=_Stop)
 
 
-def _read_parts(manifest: Manifest, open_part: OpenPart, aes: keys.AesKey, out: _Pipe, progress: Progress | None) -> None:
+def _read_parts(manifest: Manifest, open_part: OpenPart, aes: keys.AesKey, out: Pipe, progress: Progress | None) -> None:
     decryptor = Cipher(algorithms.AES(aes.key), modes.CBC(aes.iv)).decryptor()
     unpadder = sym_padding.PKCS7(128).unpadder()
     total = 0
@@ -137,7 +114,7 @@ def _read_parts(manifest: Manifest, open_part: OpenPart, aes: keys.AesKey, out: 
     out.put(None)
 
 
-def _gunzip(inp: _Pipe, out: _Pipe) -> None:
+def _gunzip(inp: Pipe, out: Pipe) -> None:
     gz = GunzipStream()
     while (item := inp.get()) is not None:
         data = gz.feed(item)
@@ -150,7 +127,7 @@ def _gunzip(inp: _Pipe, out: _Pipe) -> None:
 class _TarSource:
     """File-like view of the gunzipped stream that hashes every byte it hands out."""
 
-    def __init__(self, pipe: _Pipe) -> None:
+    def __init__(self, pipe: Pipe) -> None:
         self.pipe, self.sha1, self.eof, self.length = pipe, hashlib.sha1(), False, 0
         self.buf, self.pos = b"", 0
 
@@ -207,7 +184,7 @@ def unbundle_stream(
 ) -> UnbundleResult:
     """Decrypt and check the bundle, writing the raw image to `out` (seekable)."""
     aes = unwrap_bundle_key(manifest, private_key)
-    cipher_pipe, tar_pipe = _Pipe(), _Pipe()
+    cipher_pipe, tar_pipe = _new_pipe(), _new_pipe()
     errors: dict[str, BaseException] = {}
 
     def run(stage: str, fn, *args) -> None:
