@@ -12,11 +12,11 @@ credentials, working on control's data dir directly).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 import time
 from pathlib import Path
+
+from eucalypt.service import resolve_settings, run_service, serve_until_signalled
 
 CONTROL_DEFAULTS = {"host": "127.0.0.1", "port": 8773, "data_dir": Path("./var/control"), "walrus": None,
                     "region": "eucalyptus", "zones": [], "public_url": None}
@@ -46,11 +46,10 @@ def add_parser(subparsers) -> None:
 
 
 def _run_control(args) -> int:
-    from eucalypt.cli import _run, resolve_settings
 
     settings = resolve_settings(args, CONTROL_DEFAULTS, "CONTROL")
     try:
-        return _run(_serve(settings))
+        return run_service(_serve(settings))
     except OSError as exc:
         print(f"eucalypt control: {exc}", file=sys.stderr)
         return 1
@@ -68,14 +67,7 @@ async def _serve(settings: dict) -> int:
     print(f"control: data in {config.data_dir.resolve()}", flush=True)
     print(f"control: admin credentials: eucalypt admin --data-dir {config.data_dir} credentials admin "
           f"--out DIR", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    print("control: shutting down", flush=True)
-    await server.stop()
-    return 0
+    return await serve_until_signalled(server, "control")
 
 
 # ---- admin ----------------------------------------------------------------------------------

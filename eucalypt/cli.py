@@ -7,14 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
 
 from . import __version__
+from .service import resolve_settings, run_service, serve_until_signalled
 
 
 def _walrus_parser(sub) -> None:
@@ -49,33 +47,6 @@ WALRUS_DEFAULTS = {"host": "127.0.0.1", "port": 8774, "data_dir": Path("./var/wa
                    "control": None, "service_secret_file": None, "system_user": "eucalypt"}
 
 
-def resolve_settings(args, defaults: dict, env_prefix: str) -> dict:
-    """Defaults < --config TOML < environment (PREFIX_NAME) < flags."""
-    settings = dict(defaults)
-    if getattr(args, "config", None):
-        import tomllib
-        with open(args.config, "rb") as f:
-            loaded = tomllib.load(f)
-        unknown = set(loaded) - set(defaults)
-        if unknown:
-            raise SystemExit(f"{args.config}: unknown settings {', '.join(sorted(unknown))}")
-        settings.update(loaded)
-    for name, default in defaults.items():
-        env = os.environ.get(f"{env_prefix}_{name.upper()}")
-        if env is not None:
-            settings[name] = env.split(",") if isinstance(default, list) else env
-        flag = getattr(args, name, None)
-        if flag is not None:
-            settings[name] = flag
-    for name, default in defaults.items():
-        if isinstance(default, (int, float)) and settings[name] is not None:
-            settings[name] = type(default)(settings[name])
-    for name in ("data_dir", "users", "service_secret_file"):
-        if settings.get(name) is not None:
-            settings[name] = Path(settings[name])
-    return settings
-
-
 async def _serve_walrus(args) -> int:
     from walrus.server import WalrusConfig, WalrusServer
 
@@ -107,34 +78,19 @@ async def _serve_walrus(args) -> int:
             print(f"walrus:   aws_secret_access_key = {server.admin.secret_key}", flush=True)
         print(f"walrus: try: AWS_SHARED_CREDENTIALS_FILE={server.admin_credentials.resolve()} "
               f"aws --endpoint-url {server.url} s3 ls", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    print("walrus: shutting down", flush=True)
-    await server.stop()
-    return 0
+    return await serve_until_signalled(server, "walrus")
 
 
 def _run_walrus(args) -> int:
     from walrus.users import UsersFileError
     try:
-        return _run(_serve_walrus(args))
+        return run_service(_serve_walrus(args))
     except UsersFileError as exc:
         print(f"eucalypt walrus: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"eucalypt walrus: {exc}", file=sys.stderr)
         return 1
-
-
-def _run(coro) -> int:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,11 +11,11 @@ later; nothing is sent to it yet). Walrus credentials: a file with `access_key =
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
+
+from eucalypt.service import resolve_settings, run_service, serve_until_signalled
 
 NODE_DEFAULTS = {"host": "127.0.0.1", "port": 8775, "data_dir": Path("./var/node"), "control": None,
                  "cluster": None, "hypervisor": "qemu:///system", "walrus": ["http://127.0.0.1:8774"],
@@ -93,25 +93,17 @@ async def _serve(config) -> int:
     print(f"node: listening on {server.url}", flush=True)
     print(f"node: data in {config.data_dir.resolve()}; hypervisor {config.hypervisor_uri}; "
           f"cache limit {config.cache_limit} bytes", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    print("node: shutting down", flush=True)
-    await server.stop()
-    return 0
+    return await serve_until_signalled(server, "node")
 
 
 def _run_node(args) -> int:
-    from eucalypt.cli import _run, resolve_settings
 
     from .errors import NodeError
 
     settings = resolve_settings(args, NODE_DEFAULTS, "NODE")
     config = build_config(settings)
     try:
-        return _run(_serve(config))
+        return run_service(_serve(config))
     except (OSError, NodeError) as exc:
         print(f"eucalypt node: {exc}", file=sys.stderr)
         return 1
