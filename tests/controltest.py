@@ -5,15 +5,12 @@ A module of its own (not conftest.py) so every test directory can import it by o
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from walrustest import ServiceProcess, start_service
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -27,26 +24,7 @@ class Keys:
     secret_key: str
 
 
-@dataclass
-class ControlProcess:
-    process: subprocess.Popen
-    url: str
-    data_dir: Path
-    log_path: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+ControlProcess = ServiceProcess
 
 
 def _cli() -> list[str]:
@@ -72,30 +50,7 @@ def create_user(data_dir: Path, account: str, user: str, *, create_account: bool
 def start_control(data_dir: Path, *, port: int = 0, extra: list[str] | None = None,
                   timeout: float = 30) -> ControlProcess:
     """Start `eucalypt control` and wait until it prints its URL."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir.parent / f"{data_dir.name}.log"
-    cmd = _cli() + ["control", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
-    cmd += extra or []
-    log = open(log_path, "ab")
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + timeout
-    url, lines = None, []
-    while time.monotonic() < deadline:
-        line = process.stdout.readline().decode()
-        if not line:
-            if process.poll() is not None:
-                break
-            continue
-        lines.append(line)
-        if match := re.search(r"listening on (http://\S+)", line):
-            url = match.group(1)
-            break
-    if url is None:
-        process.kill()
-        raise RuntimeError(f"control did not start: {''.join(lines)}\n{log_path.read_text()}")
-    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
-    return ControlProcess(process, url, data_dir, log_path)
+    return start_service("control", data_dir, extra or [], port=port, timeout=timeout)
 
 
 def ec2_client(url: str, keys: Keys, *, region: str = "eucalyptus", signature: str | None = None, **config):

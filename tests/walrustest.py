@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +46,12 @@ BOB = UserKeys("bob", "AKIDBOB000000000000", "bob-secret-key")
 
 
 @dataclass
-class WalrusProcess:
+class ServiceProcess:
+    """A `eucalypt SERVICE` process started by a test; stop() it (or kill() it) by PID."""
+
     process: subprocess.Popen
     url: str
     data_dir: Path
-    users_file: Path | None
     log_path: Path
 
     @property
@@ -71,22 +73,19 @@ class WalrusProcess:
             self.process.wait()
 
 
-def start_walrus(data_dir: Path, users_file: Path | None, *, port: int = 0,
-                 extra: list[str] | None = None, timeout: float = 30) -> WalrusProcess:
-    """Start `eucalypt walrus` and wait until it prints its URL."""
+def start_service(service: str, data_dir: Path, args: list[str], *, port: int = 0,
+                  timeout: float = 30) -> ServiceProcess:
+    """Start `eucalypt SERVICE --host 127.0.0.1 --port PORT --data-dir DIR ARGS...` and
+    wait until it prints `listening on URL`; its stderr goes to DIR.log beside DIR."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}.log"
-    cmd = [sys.executable, "-m", "eucalypt.cli", "walrus", "--host", "127.0.0.1",
-           "--port", str(port), "--data-dir", str(data_dir)]
-    if users_file is not None:
-        cmd += ["--users", str(users_file)]
-    cmd += extra or []
-    log = open(log_path, "ab")
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [sys.executable, "-m", "eucalypt.cli", service, "--host", "127.0.0.1",
+           "--port", str(port), "--data-dir", str(data_dir), *args]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + timeout
-    url = None
-    lines = []
+    url, lines = None, []
     while time.monotonic() < deadline:
         line = process.stdout.readline().decode()
         if not line:
@@ -94,17 +93,29 @@ def start_walrus(data_dir: Path, users_file: Path | None, *, port: int = 0,
                 break
             continue
         lines.append(line)
-        match = re.search(r"listening on (http://\S+)", line)
-        if match:
+        if match := re.search(r"listening on (http://\S+)", line):
             url = match.group(1)
             break
     if url is None:
         process.kill()
-        raise RuntimeError(f"walrus did not start: {''.join(lines)}\n{log_path.read_text()}")
+        raise RuntimeError(f"{service} did not start: {''.join(lines)}\n{log_path.read_text()}")
     # Keep draining stdout so the server never blocks on a full pipe.
-    import threading
     threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
-    return WalrusProcess(process, url, data_dir, users_file, log_path)
+    return ServiceProcess(process, url, data_dir, log_path)
+
+
+@dataclass
+class WalrusProcess(ServiceProcess):
+    users_file: Path | None = None
+
+
+def start_walrus(data_dir: Path, users_file: Path | None, *, port: int = 0,
+                 extra: list[str] | None = None, timeout: float = 30) -> WalrusProcess:
+    """Start `eucalypt walrus` (users from users_file, or a generated admin)."""
+    args = (["--users", str(users_file)] if users_file is not None else []) + (extra or [])
+    started = start_service("walrus", data_dir, args, port=port, timeout=timeout)
+    return WalrusProcess(started.process, started.url, started.data_dir, started.log_path, users_file)
+
 
 def s3_client(url: str, user: UserKeys, *, signature: str = "s3v4", addressing: str = "path",
               region: str = "us-east-1", **config):

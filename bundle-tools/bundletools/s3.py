@@ -134,6 +134,20 @@ def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
+
+async def _all_or_none(coros) -> None:
+    """Run coros concurrently; if one fails, cancel the rest, wait for them, and raise
+    its own exception (not an ExceptionGroup, as TaskGroup would: callers catch
+    BundleError subclasses)."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
 async def ensure_bucket(s3, bucket: str, location: str | None = None) -> bool:
     """Create the bucket if it does not exist; BucketNotOwned if someone else has it.
 
@@ -217,14 +231,7 @@ async def upload_bundle(
     async with client(endpoint) as s3:
         created = await ensure_bucket(s3, location.bucket, region_constraint)
         try:
-            tasks = [asyncio.create_task(put_part(p)) for p in manifest.parts]
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
+            await _all_or_none(put_part(p) for p in manifest.parts)
             if not skip_manifest:
                 await _put_checked(s3, location.bucket, manifest_key, raw, hashlib.md5(raw).hexdigest(), acl)
         except BaseException:
@@ -335,14 +342,7 @@ async def download_bundle(
                     raise TamperedPart(part.filename, f"part {part.filename} is corrupt or tampered (SHA-1 mismatch)")
 
         try:
-            tasks = [asyncio.create_task(get_part(p)) for p in manifest.parts]
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
+            await _all_or_none(get_part(p) for p in manifest.parts)
             total = sum((work / p.filename).stat().st_size for p in manifest.parts)
             if total != manifest.bundled_size:
                 raise SizeMismatch(f"parts hold {total} bytes but bundled_size is {manifest.bundled_size}")
