@@ -68,16 +68,8 @@ class BucketStore:
             raise self._fail("cannot use bucket", exc) from exc
 
     async def get(self, key: str) -> bytes | None:
-        try:
-            reply = await self.s3.get_object(Bucket=self.bucket, Key=key)
-            async with reply["Body"] as body:
-                return await body.read()
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return None
-            raise self._fail(f"GET {key}", exc) from exc
-        except BotoCoreError as exc:
-            raise self._fail(f"GET {key}", exc) from exc
+        found = await self.get_with_etag(key)
+        return None if found is None else found[0]
 
     async def get_with_etag(self, key: str) -> tuple[bytes, str] | None:
         try:
