@@ -10,6 +10,12 @@ Trees (keys are ASCII; ``A`` is a 12-digit account id):
     groups           A/GROUPID -> group           group_names    A/NAME -> GROUPID
     group_ids        GROUPID -> A                 (group ids are cloud-wide unique)
     tags             A/RESOURCEID/KEY -> value
+    nodes            NODEID -> node record (nodes.py: last heartbeat, resources, reachability)
+    instances        A/INSTANCEID -> instance record   instance_ids  INSTANCEID -> A
+    node_instances   NODEID/INSTANCEID -> A            (what control placed on each node)
+    client_tokens    A/TOKEN -> {reservation, instance ids, request digest} (RunInstances idempotency)
+    private_ips      SUBNET/IP -> INSTANCEID           (allocated from each node's subnet)
+    addresses        PUBLICIP -> elastic IP record      address_ids  eipalloc-... -> PUBLICIP
     stats            the group-commit writer's persistent counters
 
 Every API write goes through ``ControlStore.write``: the mutation runs in the writer
@@ -33,7 +39,8 @@ from walrus.storage.writer import STATS_TREE, Writer
 T = TypeVar("T")
 SCHEMA = b"1"
 TREES = ("meta", "accounts", "account_names", "users", "access_keys", "canonical", "keypairs",
-         "keypair_ids", "groups", "group_names", "group_ids", "tags", STATS_TREE)
+         "keypair_ids", "groups", "group_names", "group_ids", "tags", "nodes", "instances", "instance_ids",
+         "node_instances", "client_tokens", "private_ips", "addresses", "address_ids", STATS_TREE)
 
 
 def get_json(txn: ReadTxn, tree: str, key: str) -> dict | None:
