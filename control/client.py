@@ -22,6 +22,7 @@ from walrus.users import DirectoryUnavailable, User
 
 from . import internal
 from .datadir import SERVICE_SECRET_FILE
+from .identity import ADMIN_ACCOUNT
 
 
 class ControlUnavailable(DirectoryUnavailable):
@@ -55,6 +56,12 @@ class ControlUserDirectory:
 
     async def by_email(self, email: str) -> User | None:
         return await self._lookup("email", email.lower())
+
+    async def system_seed(self) -> str | None:
+        """The canonical-id seed of the cloud's own identity (the administrator's account,
+        whose image cache reads bundles): what aws-exec-read grants READ to."""
+        user = await self._lookup("account_name", ADMIN_ACCOUNT)
+        return user.name if user is not None else None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -4,6 +4,7 @@
     X-Eucalypt-Date: <unix seconds>
     Authorization: EUCALYPT-HMAC-SHA256 <hex HMAC-SHA256(service secret, string to sign)>
     body: {"access_key": "AKIA..."} | {"canonical_id": "<64 hex>"} | {"email": "..."}
+          | {"account_name": "..."}
 
     string to sign = "POST\n" + path + "\n" + date + "\n" + hex SHA-256 of the body
 
@@ -15,7 +16,7 @@ from control's clock, a bad or missing signature: 401 {"error": ...}. Otherwise 
      "display_name": account name, "email": account email, "access_key", "secret_key",
      "enabled": user and account both enabled, "account_id", "account_name", "user_name"}
 
-Lookups by canonical id or email describe the account (access_key, secret_key and
+Lookups by canonical id, email or account name describe the account (access_key, secret_key and
 user_name are empty): S3 only needs its display name there.
 """
 

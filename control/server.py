@@ -27,6 +27,7 @@ from aiohttp import web
 
 from eucalypt.auth import AuthError, HttpRequest, parse, verify
 from eucalypt.clock import SystemClock
+from imagecache.cache import CacheConfig
 
 from . import internal
 from .api.context import Context
@@ -36,6 +37,7 @@ from .api.xml import error_document, response_document
 from .datadir import DataDir, open_data_dir
 from .errors import Ec2Error
 from .identity import account_for_canonical_id, identity_for_key, list_accounts
+from .imaging import ImagePreparer
 from .metrics import ControlMetrics
 
 log = logging.getLogger("eucalypt.control")
@@ -76,6 +78,8 @@ class ControlConfig:
     zones: tuple[str, ...] = ()  # clusters; empty: one zone named REGION + "a"
     instance_types: dict[str, InstanceType] = field(default_factory=lambda: dict(DEFAULT_INSTANCE_TYPES))
     public_url: str | None = None  # the EC2 URL to advertise, if not http://HOST:PORT/
+    image_cache_bytes: int | None = None  # cap of the decrypted image cache in Walrus (None: no cap)
+    image_prepare_concurrency: int = 1    # bundles prepared at once (each uses ~3 cores' worth of threads)
 
     def __post_init__(self) -> None:
         if not self.zones:
@@ -91,6 +95,8 @@ class ControlService:
     metrics: ControlMetrics
     clock: SystemClock
     public_url: str = ""
+    walrus_url: str = ""
+    images: ImagePreparer | None = None
 
     @property
     def store(self):
@@ -125,13 +131,20 @@ class ControlServer:
         sockets = site._server.sockets if site._server else []
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
         self.service.public_url = self.config.public_url or self.url
-        data.announce(self.service.public_url, self.config.walrus_url or data.endpoints()["s3_url"],
-                      self.config.region)
+        self.service.walrus_url = self.config.walrus_url or data.endpoints()["s3_url"]
+        data.announce(self.service.public_url, self.service.walrus_url, self.config.region)
+        self.service.images = ImagePreparer(
+            data.store, data.ca.key, self.service.walrus_url,
+            cache_config=CacheConfig(cap_bytes=self.config.image_cache_bytes),
+            concurrency=self.config.image_prepare_concurrency)
+        await self.service.images.start()
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
         if self.service is not None:
+            if self.service.images is not None:
+                await self.service.images.stop()
             self.service.data.close()
 
     # ---- request handling ------------------------------------------------------------
@@ -240,7 +253,8 @@ class ControlServer:
             if not isinstance(query, dict) or len(query) != 1:
                 raise ValueError
         except ValueError:
-            return web.json_response({"error": "body must be one of {access_key|canonical_id|email: ...}"},
+            return web.json_response({"error": "body must be one of {access_key|canonical_id|email|account_name: "
+                                               "...}"},
                                      status=400)
         with self.service.store.read() as txn:
             user = _lookup(txn, query)
@@ -260,6 +274,8 @@ def _lookup(txn, query: dict) -> dict | None:
                 "user_name": identity.user.name}
     if "canonical_id" in query:
         account = account_for_canonical_id(txn, str(query["canonical_id"]))
+    elif "account_name" in query:
+        account = next((a for a in list_accounts(txn) if a.name == str(query["account_name"])), None)
     elif "email" in query:
         wanted = str(query["email"]).lower()
         account = next((a for a in list_accounts(txn) if a.email and a.email.lower() == wanted), None)

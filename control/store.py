@@ -10,6 +10,7 @@ Trees (keys are ASCII; ``A`` is a 12-digit account id):
     groups           A/GROUPID -> group           group_names    A/NAME -> GROUPID
     group_ids        GROUPID -> A                 (group ids are cloud-wide unique)
     tags             A/RESOURCEID/KEY -> value
+    images           IMAGEID -> image record (control/images.py)
     nodes            NODEID -> node record (nodes.py: last heartbeat, resources, reachability)
     instances        A/INSTANCEID -> instance record   instance_ids  INSTANCEID -> A
     node_instances   NODEID/INSTANCEID -> A            (what control placed on each node)
@@ -40,7 +41,7 @@ T = TypeVar("T")
 SCHEMA = b"1"
 TREES = ("meta", "accounts", "account_names", "users", "access_keys", "canonical", "keypairs",
          "keypair_ids", "groups", "group_names", "group_ids", "tags", "nodes", "instances", "instance_ids",
-         "node_instances", "client_tokens", "private_ips", "addresses", "address_ids", STATS_TREE)
+         "node_instances", "client_tokens", "private_ips", "addresses", "address_ids", "images", STATS_TREE)
 
 
 def get_json(txn: ReadTxn, tree: str, key: str) -> dict | None:

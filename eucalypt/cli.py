@@ -37,7 +37,8 @@ def _walrus_parser(sub) -> None:
                                      "(instead of --users); needs --service-secret-file")
     p.add_argument("--service-secret-file", type=Path,
                    help="file holding control's service secret (control's DATA_DIR/service.secret)")
-    p.add_argument("--system-user", help="the identity aws-exec-read grants READ to [eucalypt]")
+    p.add_argument("--system-user", help="the identity aws-exec-read grants READ to [eucalypt; with --control: "
+                                              "the cloud administrator's account]")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_run_walrus)
 

@@ -56,7 +56,7 @@ class ServiceProcess:
 
     @property
     def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
+        return int(self.url.rstrip("/").rsplit(":", 1)[1])
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -79,9 +79,11 @@ class WalrusService:
     def region(self) -> str:
         return self.config.region
 
+    system_seed: str = ""  # from the user directory when it knows the cloud's identity
+
     @property
     def system_canonical_id(self) -> str:
-        return canonical_id_for(self.config.system_user)
+        return canonical_id_for(self.system_seed or self.config.system_user)
 
     async def send_body(self, ctx: Context, response: web.StreamResponse, record, start: int, end: int) -> None:
         """Stream [start, end) of an object. The first piece is read before the headers go
@@ -131,6 +133,7 @@ class WalrusServer:
         self.admin_created = False
         self._runner: web.ServerRunner | None = None
         self._sweeper: asyncio.Task | None = None
+        self._resolver: asyncio.Task | None = None
         self.port: int | None = None
         # Request ids: unique per server start, cheap (no syscall per request).
         self._request_id_prefix = secrets.token_hex(3).upper()
@@ -167,8 +170,28 @@ class WalrusServer:
         sockets = site._server.sockets if site._server else []
         self.port = sockets[0].getsockname()[1] if sockets else config.port
         self._sweeper = asyncio.create_task(self._sweep_uploads())
+        if hasattr(users, "system_seed") and not await self._resolve_system_identity():
+            self._resolver = asyncio.create_task(self._keep_resolving_system_identity())
+
+    async def _resolve_system_identity(self) -> bool:
+        """In a cloud, the identity aws-exec-read grants READ to is the cloud administrator's
+        account (whose image cache reads bundles); the directory knows its id."""
+        try:
+            seed = await self.service.users.system_seed()
+        except DirectoryUnavailable as exc:
+            log.warning("cannot learn the cloud's identity yet: %s", exc)
+            return False
+        if seed:
+            self.service.system_seed = seed
+        return True
+
+    async def _keep_resolving_system_identity(self) -> None:
+        while not await self._resolve_system_identity():
+            await asyncio.sleep(2.0)
 
     async def stop(self) -> None:
+        if self._resolver is not None:
+            self._resolver.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

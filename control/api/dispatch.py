@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from . import cloud, groups, keypairs, tags
+from . import cloud, groups, images, keypairs, tags
 from .context import Context
 
 Handler = Callable[[Context], Awaitable[dict]]
 
-ACTIONS: dict[str, Handler] = {**keypairs.ACTIONS, **groups.ACTIONS, **tags.ACTIONS, **cloud.ACTIONS}
+ACTIONS: dict[str, Handler] = {**keypairs.ACTIONS, **groups.ACTIONS, **tags.ACTIONS, **cloud.ACTIONS,
+                               **images.ACTIONS}
 
 
 def handler_for(action: str) -> Handler | None:

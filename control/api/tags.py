@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from ..errors import Ec2Error, invalid, missing
+from ..images import get_image, visible_to
 from ..store import get_text, put_text
 from .context import Context
 from .params import Params, filters
@@ -26,10 +27,19 @@ def _keypair_exists(txn, account_id: str, resource_id: str) -> bool:
     return where is not None and where.startswith(account_id + "/")
 
 
+def _image_exists(txn, account_id: str, resource_id: str) -> bool:
+    # Any image the account can see may carry the account's own tags.
+    image = get_image(txn, resource_id)
+    return image is not None and visible_to(image, account_id)
+
+
 # id prefix -> (resource-type as EC2 names it, existence check, NotFound code)
 RESOURCE_TYPES = {
     "sg": ("security-group", _group_exists, "InvalidGroup.NotFound"),
     "key": ("key-pair", _keypair_exists, "InvalidKeyPair.NotFound"),
+    "emi": ("image", _image_exists, "InvalidAMIID.NotFound"),
+    "eki": ("image", _image_exists, "InvalidAMIID.NotFound"),
+    "eri": ("image", _image_exists, "InvalidAMIID.NotFound"),
 }
 _ID = re.compile(r"([a-z]+)-[0-9a-f]{8,17}")
 
