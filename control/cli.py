@@ -19,7 +19,8 @@ from pathlib import Path
 from eucalypt.service import resolve_settings, run_service, serve_until_signalled
 
 CONTROL_DEFAULTS = {"host": "127.0.0.1", "port": 8773, "data_dir": Path("./var/control"), "walrus": None,
-                    "region": "eucalyptus", "zones": [], "public_url": None}
+                    "region": "eucalyptus", "zones": [], "public_url": None, "public_ips": [],
+                    "heartbeat_interval": 5.0, "terminated_retention": 3600.0}
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +41,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--zone", action="append", dest="zones",
                    help="an availability zone (cluster); repeatable [REGIONa]")
     p.add_argument("--public-url", help="the EC2 URL to advertise [http://HOST:PORT/]")
+    p.add_argument("--public-ips", action="append",
+                   help="elastic IP pool: comma-separated A.B.C.D-A.B.C.E ranges or CIDRs; repeatable [none]")
+    p.add_argument("--heartbeat-interval", type=float,
+                   help="seconds between node heartbeats; a node is unreachable after 3 missed [5]")
+    p.add_argument("--terminated-retention", type=float,
+                   help="seconds terminated instances stay visible [3600]")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_run_control)
     _admin_parser(subparsers)
@@ -56,11 +63,20 @@ def _run_control(args) -> int:
 
 
 async def _serve(settings: dict) -> int:
+    from .api.addresses import parse_pool
     from .server import ControlConfig, ControlServer
 
+    public_ips = settings["public_ips"] or []
+    public_ips = tuple([public_ips] if isinstance(public_ips, str) else public_ips)
+    try:
+        parse_pool(public_ips)
+    except ValueError as exc:
+        raise SystemExit(f"eucalypt control: --public-ips: {exc}") from None
     config = ControlConfig(data_dir=settings["data_dir"], host=settings["host"], port=int(settings["port"]),
                            walrus_url=settings["walrus"], region=settings["region"],
-                           zones=tuple(settings["zones"] or ()), public_url=settings["public_url"])
+                           zones=tuple(settings["zones"] or ()), public_url=settings["public_url"],
+                           public_ips=public_ips, heartbeat_interval=float(settings["heartbeat_interval"]),
+                           terminated_retention=float(settings["terminated_retention"]))
     server = ControlServer(config)
     await server.start()
     print(f"control: listening on {server.url}", flush=True)

@@ -29,7 +29,7 @@ from eucalypt.auth import AuthError, HttpRequest, parse, verify
 from eucalypt.clock import SystemClock
 from imagecache.cache import CacheConfig
 
-from . import internal
+from . import internal, nodes
 from .api.context import Context
 from .api.dispatch import handler_for
 from .api.params import Params
@@ -37,6 +37,7 @@ from .api.xml import error_document, response_document
 from .datadir import DataDir, open_data_dir
 from .errors import Ec2Error
 from .identity import account_for_canonical_id, identity_for_key, list_accounts
+from .launcher import Launcher
 from .imaging import ImagePreparer
 from .metrics import ControlMetrics
 
@@ -78,6 +79,10 @@ class ControlConfig:
     zones: tuple[str, ...] = ()  # clusters; empty: one zone named REGION + "a"
     instance_types: dict[str, InstanceType] = field(default_factory=lambda: dict(DEFAULT_INSTANCE_TYPES))
     public_url: str | None = None  # the EC2 URL to advertise, if not http://HOST:PORT/
+    public_ips: tuple[str, ...] = ()  # the elastic IP pool: "A.B.C.D-A.B.C.E" ranges or CIDRs
+    heartbeat_interval: float = 5.0  # told to nodes; a node is unreachable after 3 missed
+    terminated_retention: float = 3600.0  # terminated instances stay visible this long
+    launch_timeout: float = 300.0  # a launch fails once its node was unreachable this long
     image_cache_bytes: int | None = None  # cap of the decrypted image cache in Walrus (None: no cap)
     image_prepare_concurrency: int = 1    # bundles prepared at once (each uses ~3 cores' worth of threads)
 
@@ -95,6 +100,7 @@ class ControlService:
     metrics: ControlMetrics
     clock: SystemClock
     public_url: str = ""
+    launcher: "Launcher | None" = None  # node calls in the background (launcher.py)
     walrus_url: str = ""
     images: ImagePreparer | None = None
 
@@ -131,6 +137,8 @@ class ControlServer:
         sockets = site._server.sockets if site._server else []
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
         self.service.public_url = self.config.public_url or self.url
+        self.service.launcher = Launcher(self.service)
+        await self.service.launcher.start()
         self.service.walrus_url = self.config.walrus_url or data.endpoints()["s3_url"]
         data.announce(self.service.public_url, self.service.walrus_url, self.config.region)
         self.service.images = ImagePreparer(
@@ -140,6 +148,8 @@ class ControlServer:
         await self.service.images.start()
 
     async def stop(self) -> None:
+        if self.service is not None and self.service.launcher is not None:
+            await self.service.launcher.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.service is not None:
@@ -238,6 +248,8 @@ class ControlServer:
                                 headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
         if OPS_PREFIX + what == internal.LOOKUP_PATH and request.method == "POST":
             return await self._user_lookup(request)
+        if OPS_PREFIX + what == nodes.HEARTBEAT_PATH and request.method == "POST":
+            return await nodes.handle_heartbeat(self.service, request)
         return web.json_response({"error": "no such operations endpoint"}, status=404)
 
     async def _user_lookup(self, request: web.Request) -> web.Response:

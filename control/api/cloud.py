@@ -1,5 +1,6 @@
-"""The cloud's own description: DescribeRegions, DescribeAvailabilityZones,
-DescribeInstanceTypes, and Eucalyptus' DescribeServiceCertificates.
+"""The cloud's own description: DescribeRegions, DescribeAvailabilityZones (with
+Eucalyptus' ``ZoneName.1=verbose`` capacity listing), DescribeInstanceTypes, and
+Eucalyptus' DescribeServiceCertificates.
 
 DescribeServiceCertificates answers as Eucalyptus 4's services API did (fields
 serviceType, certificateUsage, certificateFormat, certificateFingerprintDigest,
@@ -34,6 +35,7 @@ async def describe_availability_zones(ctx: Context) -> dict:
     config = ctx.service.config
     flts = filters(ctx.params, frozenset({"zone-name", "state", "region-name", "zone-id", "zone-type"}), tags=False)
     names = ctx.params.list("ZoneName")
+    verbose = any(n.lower() == "verbose" for n in names)
     for name in names:
         if name not in config.zones and name.lower() != "verbose":
             raise invalid("ZoneName", name, f"The zone '{name}' does not exist")
@@ -48,7 +50,32 @@ async def describe_availability_zones(ctx: Context) -> dict:
         items.append({"zoneName": zone, "zoneState": "available", "regionName": config.region,
                       "zoneId": zone_id, "zoneType": "availability-zone", "groupName": config.region,
                       "optInStatus": "opt-in-not-required", "messageSet": []})
+        if verbose:
+            items += _vm_types(ctx, zone)
     return {"availabilityZoneInfo": items}
+
+
+def _vm_types(ctx: Context, zone: str) -> list[dict]:
+    """Eucalyptus' verbose zone listing: one item per instance type, "free / max cpu ram
+    disk", where free counts what fits in what the zone's reachable nodes have left and
+    max what would fit on them empty."""
+    from .. import instances as inst
+    from .. import nodes as nodes_mod
+    from ..scheduler import NodeCapacity, how_many_fit
+
+    config, now = ctx.service.config, ctx.now()
+    with ctx.store.read() as txn:
+        free = inst.capacities(txn, zone, now, config.heartbeat_interval)
+        empty = [NodeCapacity(n["node_id"], *nodes_mod.totals(n)) for n in nodes_mod.list_nodes(txn, zone)
+                 if nodes_mod.reachable(n, now, config.heartbeat_interval)]
+    rows = [{"zoneName": "|- vm types", "zoneState": "free / max   cpu   ram  disk", "regionName": config.region}]
+    for name, spec in config.instance_types.items():
+        need = dict(cores=spec.cpus, memory_mib=spec.memory_mib, disk_gb=spec.disk_gb)
+        n_free = sum(how_many_fit(n, **need) for n in free)
+        n_max = sum(how_many_fit(n, **need) for n in empty)
+        rows.append({"zoneName": f"|- {name}", "regionName": config.region,
+                     "zoneState": f"{n_free:04d} / {n_max:04d} {spec.cpus:4d} {spec.memory_mib:6d} {spec.disk_gb:5d}"})
+    return rows
 
 
 INSTANCE_TYPE_FILTERS = frozenset({"instance-type", "vcpu-info.default-vcpus", "memory-info.size-in-mib",

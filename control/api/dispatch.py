@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from . import cloud, groups, images, keypairs, tags
+from . import addresses, cloud, groups, images, instances, keypairs, tags
 from .context import Context
 
 Handler = Callable[[Context], Awaitable[dict]]
 
 ACTIONS: dict[str, Handler] = {**keypairs.ACTIONS, **groups.ACTIONS, **tags.ACTIONS, **cloud.ACTIONS,
-                               **images.ACTIONS}
+                               **images.ACTIONS, **instances.ACTIONS, **addresses.ACTIONS}
 
 
 def handler_for(action: str) -> Handler | None:
