@@ -204,7 +204,17 @@ async def describe_images(ctx: Context) -> dict:
                 continue
             out.append(image_item(image, tags))
     out.sort(key=lambda item: item["imageId"])
-    return {"imagesSet": out}
+    max_results = p.int("MaxResults")
+    token = p.get("NextToken")
+    if max_results is None and token is None:
+        return {"imagesSet": out}
+    if ids and max_results is not None:
+        raise Ec2Error("InvalidParameterCombination", "MaxResults cannot be combined with ImageId")
+    if max_results is not None and not 5 <= max_results <= 1000:
+        raise invalid("MaxResults", max_results, "must be between 5 and 1000")
+    page = [item for item in out if token is None or item["imageId"] > token][:max_results or 1000]
+    more = bool(page) and page[-1]["imageId"] < out[-1]["imageId"]
+    return {"imagesSet": page, "nextToken": page[-1]["imageId"] if more else None}
 
 
 # ---- attributes ---------------------------------------------------------------------------

@@ -138,6 +138,10 @@ def test_aws_cli_register_describe_deregister(cloud):
     aws("create-tags", "--resources", image_id, "--tags", "Key=role,Value=web")
     tagged = aws("describe-images", "--filters", "Name=tag:role,Values=web")["Images"]
     assert [i["ImageId"] for i in tagged] == [image_id]
+    paged = cloud["ec2_a"].get_paginator("describe_images").paginate(Owners=["self"], PaginationConfig={"PageSize": 5})
+    pages = list(paged)
+    assert {i["ImageId"] for page in pages for i in page["Images"]} == \
+        {i["ImageId"] for i in cloud["ec2_a"].describe_images(Owners=["self"])["Images"]}
     aws("deregister-image", "--image-id", image_id)
     assert image_id not in {i["ImageId"] for i in aws("describe-images", "--owners", "self")["Images"]}
 
