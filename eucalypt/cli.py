@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_parser(sub)
     from imagecache.cli import add_parser as add_imagecache_parser
     add_imagecache_parser(sub)
+    from .demoimage import add_parser as add_demo_image_parser
+    add_demo_image_parser(sub)
     return parser
 
 
