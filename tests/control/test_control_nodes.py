@@ -1,0 +1,230 @@
+"""The node registry of a real control process: the signed heartbeat endpoint (what it
+accepts and refuses), cluster assignment, and a real `eucalypt node` (libvirt's test
+driver) registering itself and showing up as capacity in DescribeAvailabilityZones
+verbose, then going quiet (unreachable) and coming back.
+
+The helpers here (a cloud with a registered image, node processes) are shared with
+test_control_instances.py and test_control_addresses.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from controltest import admin, create_user, ec2_client, register_image, start_cloud, user_environment
+from walrustest import ServiceProcess, start_service
+
+from control import internal
+
+HEARTBEAT_PATH = "/_eucalypt/internal/nodes/heartbeat"
+INTERVAL = 0.5  # control's --heartbeat-interval in these tests: unreachable after 1.5 s
+
+
+# ---- shared helpers -------------------------------------------------------------------------
+
+def image_file(path: Path, size: int, seed: int) -> Path:
+    import random
+    rng = random.Random(seed)
+    path.write_bytes(rng.randbytes(size // 2) + bytes(size - size // 2))
+    return path
+
+
+def walrus_credentials(control_dir: Path, out: Path) -> Path:
+    """The cloud administrator's keys as a node's --walrus-credentials file (the node reads
+    the image cache in the system bucket, which the administrator owns)."""
+    admin(control_dir, "credentials", "admin", "--account", "eucalyptus", "--out", str(out / "admin-creds"))
+    text = (out / "admin-creds" / "eucarc").read_text()
+    values = dict(re.findall(r"^export (AWS_ACCESS_KEY_ID|AWS_SECRET_ACCESS_KEY)=['\"]?([^'\"\n]*)", text, re.M))
+    path = out / "walrus-creds.toml"
+    path.write_text(f'access_key = "{values["AWS_ACCESS_KEY_ID"]}"\nsecret_key = "{values["AWS_SECRET_ACCESS_KEY"]}"\n')
+    return path
+
+
+def start_node(root: Path, cloud, name: str, *, cores: int = 16, memory_mib: int = 8192,
+               subnet: str | None = "10.211.0.0/24", cluster: str | None = None,
+               extra: list[str] | None = None) -> ServiceProcess:
+    """A real `eucalypt node` on libvirt's test driver, heartbeating to the cloud's control;
+    returns once control has registered it."""
+    creds = root / "walrus-creds.toml"
+    if not creds.exists():
+        walrus_credentials(cloud.control_dir, root)
+    args = ["--control", cloud.control.url, "--hypervisor", "test:///default", "--walrus", cloud.walrus.url,
+            "--service-secret-file", str(cloud.control_dir / "service.secret"), "--walrus-credentials", str(creds),
+            "--cores", str(cores), "--memory-mib", str(memory_mib), "--metadata-port", "0",
+            *(["--subnet", subnet] if subnet else []), *(["--cluster", cluster] if cluster else []), *(extra or [])]
+    node = start_service("node", root / name, args)
+    wait_registered(node)
+    return node
+
+
+def node_health(node: ServiceProcess) -> dict:
+    with urllib.request.urlopen(node.url.rstrip("/") + "/_eucalypt/health", timeout=5) as reply:
+        return json.load(reply)
+
+
+def wait_registered(node: ServiceProcess, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = node_health(node)
+        registration = health.get("registration") or {}
+        if registration.get("registered"):
+            return registration
+        if time.monotonic() > deadline:
+            raise AssertionError(f"node did not register: {health}\n{node.log_path.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def wait_for(predicate, timeout: float = 30, step: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(step)
+
+
+def vm_types(ec2, zone: str | None = None) -> dict[str, tuple[int, int]]:
+    """DescribeAvailabilityZones verbose: instance type -> (free, max), for a zone (or the first)."""
+    zones = ec2.describe_availability_zones(ZoneNames=["verbose"])["AvailabilityZones"]
+    out, current = {}, None
+    for item in zones:
+        name = item["ZoneName"]
+        if not name.startswith("|- "):
+            current = name
+        elif name != "|- vm types" and (zone is None and current == zones[0]["ZoneName"] or current == zone):
+            free, _, most = item["State"].split()[:3]
+            out[name[3:]] = (int(free), int(most))
+    return out
+
+
+def code_of(excinfo) -> str:
+    return excinfo.value.response["Error"]["Code"]
+
+
+def make_cloud(root: Path, *, control_extra: list[str] | None = None) -> dict:
+    """control + Walrus, accounts A (acme/alice) and B (globex/bob), A's registered image."""
+    cloud = start_cloud(root, control_extra=["--heartbeat-interval", str(INTERVAL), *(control_extra or [])])
+    a = create_user(cloud.control_dir, "acme", "alice")
+    b = create_user(cloud.control_dir, "globex", "bob")
+    env_a = user_environment(cloud.control_dir, "acme", "alice", root / "creds-a")
+    ec2_a, ec2_b = ec2_client(cloud.control.url, a), ec2_client(cloud.control.url, b)
+    image_id = register_image(ec2_a, env_a, image_file(root / "root.img", 1 << 20, 7), root / "bundle",
+                              "acme-images", name="tiny root")
+    return {"cloud": cloud, "root": root, "a": a, "b": b, "env_a": env_a, "ec2_a": ec2_a, "ec2_b": ec2_b,
+            "image_id": image_id}
+
+
+# ---- the heartbeat endpoint on its own -------------------------------------------------------
+
+def _post(url: str, body: bytes, headers: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url.rstrip("/") + HEARTBEAT_PATH, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def _beat(url: str, secret: str, doc: dict, *, now: float | None = None) -> tuple[int, dict]:
+    body = json.dumps(doc).encode()
+    return _post(url, body, internal.signed_headers(secret, HEARTBEAT_PATH, body, now or time.time()))
+
+
+def _doc(node_id: str, **changes) -> dict:
+    doc = {"protocol": 1, "node_id": node_id, "url": "http://127.0.0.1:9", "cluster": None, "started": time.time(),
+           "resources": {"cores": {"total": 4, "used": 0, "free": 4},
+                         "memory_mib": {"total": 2048, "used": 0, "free": 2048},
+                         "disk_bytes": {"total": 200 << 30}},
+           "images": [], "instances": [], "network": {"bridge": None, "subnet": None, "gateway": None}}
+    doc.update(changes)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def control(tmp_path_factory):
+    from controltest import start_control
+    data = tmp_path_factory.mktemp("nodes") / "control"
+    keys = create_user(data, "acme", "alice")
+    server = start_control(data, extra=["--heartbeat-interval", str(INTERVAL), "--zone", "zone-a",
+                                        "--zone", "zone-b"])
+    secret = (data / "service.secret").read_text().strip()
+    yield server, secret, ec2_client(server.url, keys)
+    server.stop()
+
+
+def test_heartbeat_registers_and_assigns_the_first_zone(control):
+    server, secret, ec2 = control
+    status, answer = _beat(server.url, secret, _doc("nc-00000000000000a1"))
+    assert status == 200
+    assert answer == {"node_id": "nc-00000000000000a1", "cluster": "zone-a", "heartbeat_interval": INTERVAL}
+    status, answer = _beat(server.url, secret, _doc("nc-00000000000000b1", cluster="zone-b"))
+    assert (status, answer["cluster"]) == (200, "zone-b")
+    # 4 cores / 2 GiB per node: 4 m1.small (1 core, 256 MiB) fit, 2 c1.medium (2 cores).
+    assert vm_types(ec2, "zone-a")["m1.small"] == (4, 4)
+    assert vm_types(ec2, "zone-b")["c1.medium"] == (2, 2)
+
+
+def test_heartbeat_refusals(control):
+    server, secret, _ = control
+    body = json.dumps(_doc("nc-00000000000000c1")).encode()
+    status, answer = _post(server.url, body, internal.signed_headers("wrong secret", HEARTBEAT_PATH, body,
+                                                                     time.time()))
+    assert status == 401 and "signature" in answer["error"]
+    status, answer = _post(server.url, body, internal.signed_headers(secret, HEARTBEAT_PATH, body,
+                                                                     time.time() - 3600))
+    assert status == 401
+    assert _beat(server.url, secret, _doc("nc-00000000000000c1", cluster="nowhere"))[0] == 409
+    assert _beat(server.url, secret, _doc("node-1"))[0] == 400
+    assert _beat(server.url, secret, _doc("nc-00000000000000c1", protocol=2))[0] == 400
+    assert _beat(server.url, secret, _doc("nc-00000000000000c1", instances=["i-1"]))[0] == 400
+    status, answer = _post(server.url, b"{", internal.signed_headers(secret, HEARTBEAT_PATH, b"{", time.time()))
+    assert status == 400 and "JSON" in answer["error"]
+
+
+def test_quiet_node_stops_counting_as_capacity(control):
+    server, secret, ec2 = control
+    assert _beat(server.url, secret, _doc("nc-00000000000000d1", cluster="zone-b"))[0] == 200
+    before = vm_types(ec2, "zone-b")["m1.small"]
+    # Another node of zone-b that keeps beating keeps its 4; this one goes quiet.
+    wait_for(lambda: vm_types(ec2, "zone-b")["m1.small"][1] < before[1] or None, timeout=10,
+             what="the quiet node to drop out")
+    assert _beat(server.url, secret, _doc("nc-00000000000000d1", cluster="zone-b"))[0] == 200
+    assert vm_types(ec2, "zone-b")["m1.small"][1] >= 4
+
+
+# ---- a real node ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    env = make_cloud(tmp_path_factory.mktemp("nodes-cloud"))
+    yield env
+    env["cloud"].stop()
+
+
+def test_real_node_registers_reports_capacity_goes_quiet_and_returns(cloud):
+    ec2 = cloud["ec2_a"]
+    node = start_node(cloud["root"], cloud["cloud"], "node-1", cores=6, memory_mib=3072)
+    try:
+        registration = wait_registered(node)
+        assert registration["cluster"] == "eucalyptusa" and registration["node_id"].startswith("nc-")
+        assert vm_types(ec2)["m1.small"] == (6, 6)
+        assert vm_types(ec2)["c1.xlarge"] == (1, 1)  # 2 cores, 2048 MiB
+        os.kill(node.process.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: vm_types(ec2)["m1.small"] == (0, 0), timeout=10, what="node unreachable")
+        finally:
+            os.kill(node.process.pid, signal.SIGCONT)
+        wait_for(lambda: vm_types(ec2)["m1.small"] == (6, 6), timeout=10, what="node back")
+    finally:
+        node.stop()
