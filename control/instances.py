@@ -237,9 +237,7 @@ def _missing_on_node(txn, record: dict, node_id: str, now: float, grace: float) 
 
 def _apply_doc(txn, record: dict, doc: dict, node_id: str, now: float) -> list[tuple[str, str, str]]:
     node_state, state = doc.get("state"), record["state"]
-    if state == "shutting-down":
-        return [("terminate", node_id, record["id"])]
-    if state not in ("pending", "running"):
+    if state not in ("pending", "running"):  # shutting-down: the launcher's terminate call is on it
         return []
     if node_state == "failed":
         reason = doc.get("reason") or "the launch failed on the node"

@@ -254,7 +254,9 @@ class Launcher:
         try:
             await getattr(self._client(node), what)(instance_id)
         except NodeApiError as exc:
-            if exc.status != 404:
+            if exc.status == 409:  # mid-launch on the node: the next heartbeat asks again
+                log.info("%s %s on %s: %s", what, instance_id, node_id, exc)
+            elif exc.status != 404:
                 log.warning("%s %s on %s: %s", what, instance_id, node_id, exc)
         except NETWORK_ERRORS as exc:
             log.info("%s %s on %s: node not reachable (%s)", what, instance_id, node_id, type(exc).__name__)
