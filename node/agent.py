@@ -4,7 +4,10 @@
 per Walrus endpoint, the hypervisor connection (unless one is passed in: tests share one
 `test:///default` connection between agents of one process, since that driver's state
 lives in the connection), and rediscovers what a previous process left: cached images
-and chunks from LMDB, instances reconciled with the hypervisor's domains.
+and chunks from LMDB, instances reconciled with the hypervisor's domains. When the
+network is managed (NodeConfig.network_managed) it then brings up the bridge and DHCP
+with the live instances' entries (network.py); the NAT table needs the metadata
+service's port, so NodeServer installs it once that listens.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .fetcher import ChunkFetcher, Sleep
 from .hypervisor import Hypervisor, LibvirtHypervisor
 from .instances import InstanceManager
 from .metrics import NodeMetrics
+from .network import NodeNetwork
 from .resources import host_resources
 
 log = logging.getLogger("eucalypt.node")
@@ -47,6 +51,7 @@ class NodeAgent:
         self.kv = None
         self.cache: NodeImageCache | None = None
         self.instances: InstanceManager | None = None
+        self.network: NodeNetwork | None = None
         self.rediscovered: dict = {}
 
     async def start(self) -> "NodeAgent":
@@ -69,9 +74,16 @@ class NodeAgent:
                 self.hypervisor = await asyncio.to_thread(LibvirtHypervisor, c.hypervisor_uri,
                                                           domain_type=c.domain_type)
                 self._stack.push_async_callback(self.hypervisor.close)
+            if c.network_managed:
+                self.network = NodeNetwork(data, c.bridge, c.subnet)
             self.instances = InstanceManager(data, self.kv, self.cache, self.hypervisor, self.metrics, self.clock,
-                                             bridge=c.bridge)
+                                             bridge=c.bridge, network=self.network)
             self.rediscovered = await self.instances.rediscover()
+            if self.network is not None:
+                self._stack.push_async_callback(self._stop_network)
+                await self.network.start({r.instance_id: (r.mac, r.private_ip, r.hostname)
+                                          for r in self.instances.all()
+                                          if r.state in instances_mod.LIVE and r.private_ip})
         except BaseException:
             await self._stack.aclose()
             raise
@@ -88,6 +100,10 @@ class NodeAgent:
         return get_session().create_client("s3", endpoint_url=endpoint.url, region_name=endpoint.region,
                                            aws_access_key_id=endpoint.access_key,
                                            aws_secret_access_key=endpoint.secret_key, config=config)
+
+    async def _stop_network(self) -> None:
+        live = sum(1 for r in self.instances.all() if r.state in instances_mod.LIVE)
+        await self.network.stop(instances_left=live)
 
     async def close(self) -> None:
         await self._stack.aclose()

@@ -2,15 +2,19 @@
 
     eucalypt node --port 8775 --data-dir DIR --control URL [--cluster NAME] [--hypervisor URI]
                   [--walrus URL ...] --service-secret-file FILE --walrus-credentials FILE
+                  [--advertise-url URL] [--heartbeat-interval 5]
+                  [--bridge BR --subnet CIDR [--manage-network | --no-manage-network]]
+                  [--metadata-host ADDR] [--metadata-port 8776]
 
 Settings: --config (TOML, keys named like the long options with underscores) < NODE_*
-environment variables < flags. --control is recorded (registration with control comes
-later; nothing is sent to it yet). Walrus credentials: a file with `access_key = ...` /
+environment variables < flags. With --control the node registers and sends heartbeats
+(registration.py). Walrus credentials: a file with `access_key = ...` /
 `secret_key = ...` lines (TOML), or NODE_WALRUS_ACCESS_KEY / NODE_WALRUS_SECRET_KEY.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -21,7 +25,21 @@ NODE_DEFAULTS = {"host": "127.0.0.1", "port": 8775, "data_dir": Path("./var/node
                  "cluster": None, "hypervisor": "qemu:///system", "walrus": ["http://127.0.0.1:8774"],
                  "bucket": "eucalypt-images", "service_secret_file": None, "walrus_credentials": None,
                  "walrus_region": "us-east-1", "bridge": None, "cache_limit": "16G",
-                 "fetch_concurrency": 8, "cores": 0, "memory_mib": 0}
+                 "fetch_concurrency": 8, "cores": 0, "memory_mib": 0, "subnet": None,
+                 "manage_network": None, "metadata_host": None, "metadata_port": 8776, "advertise_url": None,
+                 "heartbeat_interval": 5.0}
+
+
+def parse_bool(value) -> bool | None:
+    """A boolean setting from TOML (a bool), the environment or a flag (text)."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"eucalypt node: {value!r} is not a boolean (true/false)")
 
 
 def parse_size(text: str | int) -> int:
@@ -39,7 +57,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--host", help="address to listen on [127.0.0.1]")
     p.add_argument("--port", type=int, help="port to listen on; 0 picks a free one [8775]")
     p.add_argument("--data-dir", type=Path, help="cache, images, instances, state [./var/node]")
-    p.add_argument("--control", help="URL of the cloud controller (recorded; registration is not implemented yet)")
+    p.add_argument("--control", help="URL of the cloud controller: the node registers there and sends "
+                                     "heartbeats (none: the node runs standalone)")
+    p.add_argument("--advertise-url", help="URL control reaches this node's API at [http://HOST:PORT]")
+    p.add_argument("--heartbeat-interval", type=float,
+                   help="seconds between heartbeats until control's answer sets it [5]")
     p.add_argument("--cluster", help="the cluster (availability zone) this node belongs to")
     p.add_argument("--hypervisor", help="libvirt URI [qemu:///system]; test:///default needs no daemon")
     p.add_argument("--walrus", action="append", help="Walrus (S3) URL to fetch images from; repeatable "
@@ -49,6 +71,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--walrus-credentials", type=Path, help="TOML file with access_key and secret_key for Walrus")
     p.add_argument("--walrus-region", help="S3 region to sign for [us-east-1]")
     p.add_argument("--bridge", help="bridge for the instances' taps (none: instances get no NIC)")
+    p.add_argument("--subnet", help="the instances' IPv4 subnet on the bridge, e.g. 10.211.0.0/24; its first "
+                                    "host is the gateway (the bridge's address)")
+    p.add_argument("--manage-network", action=argparse.BooleanOptionalAction, default=None,
+                   help="create the bridge, run dnsmasq (DHCP) and install the nftables NAT table "
+                        "[when --bridge and --subnet are given and running as root]")
+    p.add_argument("--metadata-host", help="address of the instance metadata service [the gateway when the "
+                                           "network is managed, else 127.0.0.1]")
+    p.add_argument("--metadata-port", type=int, help="port of the instance metadata service; 0 picks a free "
+                                                     "one [8776]")
     p.add_argument("--cache-limit", help="hard cap of the local image cache, e.g. 40G [16G]")
     p.add_argument("--fetch-concurrency", type=int, help="ranged GETs in flight per image [8]")
     p.add_argument("--cores", type=int, help="cores to offer (0: the host's)")
@@ -59,9 +90,6 @@ def add_parser(subparsers) -> None:
 
 def build_config(settings: dict):
     import tomllib
-
-    from .config import NodeConfig, WalrusEndpoint
-    from .fetcher import FetchPolicy
 
     if settings["service_secret_file"] is None:
         raise SystemExit("eucalypt node: --service-secret-file is required")
@@ -75,6 +103,19 @@ def build_config(settings: dict):
     if not access or not secret_key:
         raise SystemExit("eucalypt node: Walrus credentials are required (--walrus-credentials)")
     urls = settings["walrus"] if isinstance(settings["walrus"], list) else [settings["walrus"]]
+    manage = parse_bool(settings["manage_network"])
+    if manage and not (settings["bridge"] and settings["subnet"]):
+        raise SystemExit("eucalypt node: --manage-network needs --bridge and --subnet")
+    try:
+        return _node_config(settings, secret, access, secret_key, urls, manage)
+    except ValueError as exc:
+        raise SystemExit(f"eucalypt node: {exc}") from None
+
+
+def _node_config(settings, secret, access, secret_key, urls, manage):
+    from .config import NodeConfig, WalrusEndpoint
+    from .fetcher import FetchPolicy
+
     return NodeConfig(
         data_dir=Path(settings["data_dir"]), service_secret=secret,
         walrus=tuple(WalrusEndpoint(u, access, secret_key, settings["walrus_region"]) for u in urls),
@@ -82,7 +123,10 @@ def build_config(settings: dict):
         cluster=settings["cluster"], bucket=settings["bucket"], hypervisor_uri=settings["hypervisor"],
         bridge=settings["bridge"], cache_limit=parse_size(settings["cache_limit"]),
         fetch=FetchPolicy(concurrency=int(settings["fetch_concurrency"])),
-        cores=int(settings["cores"]) or None, memory_mib=int(settings["memory_mib"]) or None)
+        cores=int(settings["cores"]) or None, memory_mib=int(settings["memory_mib"]) or None,
+        subnet=settings["subnet"], manage_network=manage, metadata_host=settings["metadata_host"],
+        metadata_port=int(settings["metadata_port"]), advertise_url=settings["advertise_url"],
+        heartbeat_interval=float(settings["heartbeat_interval"]))
 
 
 async def _serve(config) -> int:
@@ -90,7 +134,10 @@ async def _serve(config) -> int:
 
     server = NodeServer(config)
     await server.start()
-    print(f"node: listening on {server.url}", flush=True)
+    print(f"node: listening on {server.url}", flush=True)  # first: scripts wait for this line
+    print(f"node: metadata service on {server.metadata.url}", flush=True)
+    if config.network_managed:
+        print(f"node: network {config.subnet} on bridge {config.bridge} (gateway {config.gateway})", flush=True)
     print(f"node: data in {config.data_dir.resolve()}; hypervisor {config.hypervisor_uri}; "
           f"cache limit {config.cache_limit} bytes", flush=True)
     return await serve_until_signalled(server, "node")
@@ -111,7 +158,6 @@ def _run_node(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m node.cli node ...` (until `eucalypt node` is wired into eucalypt/cli.py)."""
-    import argparse
     import logging
 
     parser = argparse.ArgumentParser(prog="eucalypt")

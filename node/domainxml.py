@@ -1,6 +1,7 @@
 """The libvirt domain XML of an instance (pure: a DomainSpec in, a string out).
 
-One disk (the instance's qcow2 overlay over the cached base image, virtio), direct
+The root disk (the instance's qcow2 overlay over the cached base image, virtio, vda),
+then the instance's scratch disks (raw ephemeral and swap files, vdb, vdc, ...), direct
 kernel boot when a kernel (and ramdisk) are given, the serial console written to a log
 file (what `console output` returns), and one tap per instance on the configured
 bridge. Tap names never start with "vnet": libvirt reserves that prefix for names it
@@ -34,6 +35,7 @@ class DomainSpec:
     mac: str | None = None
     tap: str | None = None
     images: tuple[tuple[str, str], ...] = ()   # (role, image id): machine/kernel/ramdisk
+    scratch_disks: tuple[str, ...] = ()         # raw files, attached in order as vdb, vdc, ...
     arch: str = "x86_64"
 
 
@@ -51,6 +53,11 @@ def mac_address(instance_id: str) -> str:
     """A stable, locally administered unicast MAC derived from the instance id."""
     d = hashlib.sha1(instance_id.encode()).digest()
     return "d0:0d:" + ":".join(f"{b:02x}" for b in d[:4])
+
+
+def scratch_device(index: int) -> str:
+    """The target of the index-th scratch disk: vdb, vdc, ... (vda is the root disk)."""
+    return "vd" + "bcdefghijklmnopqrstuvwxyz"[index]
 
 
 def domain_xml(spec: DomainSpec) -> str:
@@ -81,6 +88,12 @@ def domain_xml(spec: DomainSpec) -> str:
     lines.append(f"      <source file={a(spec.disk_path)}/>")
     lines.append("      <target dev='vda' bus='virtio'/>")
     lines.append("    </disk>")
+    for index, path in enumerate(spec.scratch_disks):
+        lines.append("    <disk type='file' device='disk'>")
+        lines.append("      <driver name='qemu' type='raw' cache='none'/>")
+        lines.append(f"      <source file={a(path)}/>")
+        lines.append(f"      <target dev={a(scratch_device(index))} bus='virtio'/>")
+        lines.append("    </disk>")
     if spec.bridge:
         lines.append("    <interface type='bridge'>")
         lines.append(f"      <source bridge={a(spec.bridge)}/>")

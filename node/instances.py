@@ -2,9 +2,15 @@
 
 Tree `instances`: instance id -> InstanceRecord JSON. A launch writes its record
 ("pending") first, then ensures the images (fetch + assemble, single-flight per image),
-pins them in the cache, creates the qcow2 overlay, defines and starts the domain, and
-records "running". A failure at any step undoes what the launch made (domain, overlay,
-pins) and leaves the record "failed" with the reason, until terminated.
+pins them in the cache, creates the qcow2 overlay and the scratch disks (ephemeral,
+swap), registers the instance's MAC and address with the node network (DHCP), defines
+and starts the domain, and records "running". A failure at any step undoes what the
+launch made (domain, disks, DHCP entry, pins) and leaves the record "failed" with the
+reason, until terminated. The record keeps what the metadata service serves (the
+launch's `metadata` and `user_data`), so it answers after an agent restart.
+
+Every change of a record (written or deleted) calls the `on_change` listeners at once
+(synchronously, so they must be cheap: the heartbeat sets an event).
 
 Restart (`rediscover`): a "pending" record is a launch the previous process did not
 finish -- its domain (if any) is removed and the record fails; a "running" record whose
@@ -17,7 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
+import dataclasses
+import ipaddress
 import json
 import logging
 import re
@@ -25,11 +34,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable, Protocol
 
 from walrus.storage.kv import KV
 
 from .cache import NodeImageCache
-from .disks import create_overlay
+from .disks import create_overlay, create_scratch_disk
 from .domainxml import DomainSpec, domain_xml, mac_address, tap_name
 from .errors import BadRequest, Conflict, NodeError, NotFound
 from .hypervisor import DomainState, Hypervisor
@@ -43,6 +53,47 @@ _ID = re.compile(r"^i-[0-9a-zA-Z]{1,32}$")
 _IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CONSOLE_MAX = 64 << 10
 LIVE = ("pending", "running", "stopped")
+USER_DATA_MAX = 16 << 10          # EC2's limit, on the decoded bytes
+EPHEMERAL_GB_MAX = 1 << 14
+SWAP_MB_MAX = 1 << 20
+
+
+class InstanceNetwork(Protocol):
+    """What the instance manager needs of the node network (network.py): DHCP entries."""
+
+    def check_address(self, ip: str) -> None:
+        """Raise BadRequest unless `ip` may be given to an instance (in the subnet, not
+        the network, gateway or broadcast address)."""
+
+    async def add_host(self, instance_id: str, mac: str, ip: str, hostname: str) -> None:
+        """Serve `ip` to `mac` by DHCP from now on (idempotent)."""
+
+    async def remove_host(self, instance_id: str) -> None:
+        """Forget the instance's DHCP entry (no-op if none)."""
+
+
+def _optional_ip(value) -> str | None:
+    if value in (None, ""):
+        return None
+    try:
+        return str(ipaddress.IPv4Address(str(value)))
+    except ValueError:
+        raise BadRequest(f"private_ip {value!r} is not an IPv4 address") from None
+
+
+def _user_data(value) -> str | None:
+    """The base64 text of the user data, checked (decodable, at most 16 KiB decoded)."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise BadRequest("user_data must be base64 text")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("user_data is not valid base64") from None
+    if len(raw) > USER_DATA_MAX:
+        raise BadRequest(f"user_data is {len(raw)} bytes; the limit is {USER_DATA_MAX} (16 KiB)")
+    return base64.b64encode(raw).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +106,11 @@ class LaunchRequest:
     kernel_id: str | None = None
     ramdisk_id: str | None = None
     cmdline: str | None = None
+    private_ip: str | None = None
+    ephemeral_gb: int = 0
+    swap_mb: int = 0
+    user_data: str | None = None        # base64, checked
+    metadata: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, doc) -> "LaunchRequest":
@@ -65,7 +121,9 @@ class LaunchRequest:
                       instance_type=str(doc.get("instance_type", "custom")),
                       vcpus=int(doc["vcpus"]), memory_mib=int(doc["memory_mib"]),
                       kernel_id=doc.get("kernel_id") or None, ramdisk_id=doc.get("ramdisk_id") or None,
-                      cmdline=doc.get("cmdline") or None)
+                      cmdline=doc.get("cmdline") or None, private_ip=_optional_ip(doc.get("private_ip")),
+                      ephemeral_gb=int(doc.get("ephemeral_gb") or 0), swap_mb=int(doc.get("swap_mb") or 0),
+                      user_data=_user_data(doc.get("user_data")), metadata=doc.get("metadata") or {})
         except KeyError as exc:
             raise BadRequest(f"missing field {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -79,6 +137,10 @@ class LaunchRequest:
             raise BadRequest("a ramdisk needs a kernel")
         if not 1 <= req.vcpus <= 1024 or not 16 <= req.memory_mib <= 1 << 24:
             raise BadRequest("vcpus must be 1..1024 and memory_mib 16..16777216")
+        if not 0 <= req.ephemeral_gb <= EPHEMERAL_GB_MAX or not 0 <= req.swap_mb <= SWAP_MB_MAX:
+            raise BadRequest(f"ephemeral_gb must be 0..{EPHEMERAL_GB_MAX} and swap_mb 0..{SWAP_MB_MAX}")
+        if not isinstance(req.metadata, dict):
+            raise BadRequest("metadata must be a JSON object")
         return req
 
     def images(self) -> dict[str, str]:
@@ -104,23 +166,54 @@ class InstanceRecord:
     mac: str = ""
     timings: dict = field(default_factory=dict)  # phase -> seconds
     fetched_bytes: int = 0
+    private_ip: str = ""
+    ephemeral_gb: int = 0
+    swap_mb: int = 0
+    user_data: str | None = None                 # base64, as launched
+    metadata: dict = field(default_factory=dict)  # what the metadata service serves
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "InstanceRecord":
-        return cls(**json.loads(raw))
+        doc = json.loads(raw)  # records of older agents lack the newer fields: defaults
+        return cls(**{k: v for k, v in doc.items() if k in _RECORD_FIELDS})
+
+    @property
+    def hostname(self) -> str:
+        """The short host name given by DHCP: the metadata's local-hostname, else EC2's ip-A-B-C-D."""
+        name = str(self.metadata.get("local-hostname") or "").split(".")[0]
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", name):
+            return name
+        return "ip-" + self.private_ip.replace(".", "-") if self.private_ip else self.instance_id
+
+
+_RECORD_FIELDS = {f.name for f in dataclasses.fields(InstanceRecord)}
 
 
 class InstanceManager:
     def __init__(self, data_dir: Path, kv: KV, cache: NodeImageCache, hypervisor: Hypervisor,
-                 metrics: NodeMetrics, clock, *, bridge: str | None = None) -> None:
+                 metrics: NodeMetrics, clock, *, bridge: str | None = None,
+                 network: InstanceNetwork | None = None) -> None:
         self.dir = Path(data_dir) / "instances"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.kv, self.cache, self.hv, self.metrics, self.clock = kv, cache, hypervisor, metrics, clock
         self.bridge = bridge
+        self.network = network
         self._launching: set[str] = set()
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after every change of a record (see the module doc)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # a listener's bug must not fail a launch
+                log.exception("instance change listener failed")
 
     # records ---------------------------------------------------------------------------
 
@@ -137,16 +230,29 @@ class InstanceManager:
         with self.kv.write() as txn:
             txn.put(INSTANCES, record.instance_id.encode(), record.to_bytes())
         self.metrics.instances.set(sum(1 for r in self.all() if r.state in LIVE))
+        self._changed()
         return record
 
     def _delete(self, instance_id: str) -> None:
         with self.kv.write() as txn:
             txn.delete(INSTANCES, instance_id.encode())
         self.metrics.instances.set(sum(1 for r in self.all() if r.state in LIVE))
+        self._changed()
+
+    def by_private_ip(self, ip: str) -> InstanceRecord | None:
+        """The record holding `ip` (a live one first: a failed record keeps its address
+        until terminated, and control may already have given it to a new instance)."""
+        found = [r for r in self.all() if r.private_ip == ip]
+        found.sort(key=lambda r: (r.state not in LIVE, -r.launched))
+        return found[0] if found else None
 
     def paths(self, instance_id: str) -> tuple[Path, Path]:
         d = self.dir / instance_id
         return d / "disk.qcow2", d / "console.log"
+
+    def scratch_paths(self, instance_id: str) -> dict[str, Path]:
+        d = self.dir / instance_id
+        return {"ephemeral": d / "ephemeral.raw", "swap": d / "swap.raw"}
 
     def image_pins(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -164,6 +270,12 @@ class InstanceManager:
         existing = self.get(req.instance_id)
         if existing is not None:
             raise Conflict(f"{req.instance_id} already exists on this node ({existing.state})")
+        if req.private_ip:
+            if self.network is not None:
+                self.network.check_address(req.private_ip)
+            holder = self.by_private_ip(req.private_ip)
+            if holder is not None and holder.state in LIVE:
+                raise Conflict(f"{req.private_ip} is held by {holder.instance_id} on this node")
         self._launching.add(req.instance_id)
         try:
             return await self._run(req)
@@ -174,7 +286,9 @@ class InstanceManager:
         images = req.images()
         record = self._put(InstanceRecord(req.instance_id, req.instance_type, req.vcpus, req.memory_mib,
                                           images, "pending", "", self.clock.now(), tap_name(req.instance_id),
-                                          mac_address(req.instance_id)))
+                                          mac_address(req.instance_id), private_ip=req.private_ip or "",
+                                          ephemeral_gb=req.ephemeral_gb, swap_mb=req.swap_mb,
+                                          user_data=req.user_data, metadata=req.metadata))
         disk, console = self.paths(req.instance_id)
         pinned: list[str] = []
         defined = False
@@ -200,7 +314,15 @@ class InstanceManager:
             started = time.monotonic()
             await create_overlay(by_role["machine"].path, disk)
             console.touch()
+            scratch = []
+            sizes = {"ephemeral": req.ephemeral_gb << 30, "swap": req.swap_mb << 20}
+            for kind, path in self.scratch_paths(req.instance_id).items():
+                if sizes[kind]:
+                    await create_scratch_disk(path, sizes[kind], kind)
+                    scratch.append(str(path))
             timings["overlay"] = time.monotonic() - started
+            if self.network is not None and record.private_ip:
+                await self.network.add_host(record.instance_id, record.mac, record.private_ip, record.hostname)
 
             spec = DomainSpec(
                 name=req.instance_id, vcpus=req.vcpus, memory_mib=req.memory_mib, disk_path=str(disk),
@@ -208,7 +330,7 @@ class InstanceManager:
                 kernel=str(by_role["kernel"].path) if "kernel" in by_role else None,
                 ramdisk=str(by_role["ramdisk"].path) if "ramdisk" in by_role else None,
                 cmdline=req.cmdline or "root=/dev/vda console=ttyS0", bridge=self.bridge,
-                mac=record.mac, tap=record.tap, images=tuple(images.items()))
+                mac=record.mac, tap=record.tap, images=tuple(images.items()), scratch_disks=tuple(scratch))
             started = time.monotonic()
             await self.hv.define(domain_xml(spec))
             defined = True
@@ -236,8 +358,16 @@ class InstanceManager:
             except NodeError as exc:
                 log.error("cleaning up domain %s: %s", instance_id, exc.message)
         shutil.rmtree(self.dir / instance_id, ignore_errors=True)
+        await self._forget_address(instance_id)
         for image_id in pinned:
             self.cache.unpin(image_id)
+
+    async def _forget_address(self, instance_id: str) -> None:
+        if self.network is not None:
+            try:
+                await self.network.remove_host(instance_id)
+            except NodeError as exc:
+                log.error("removing the DHCP entry of %s: %s", instance_id, exc.message)
 
     # the rest of the life cycle --------------------------------------------------------------
 
@@ -253,6 +383,8 @@ class InstanceManager:
 
     async def _describe(self, record: InstanceRecord) -> dict:
         doc = asdict(record)
+        user_data = doc.pop("user_data")  # up to 16 KiB, and the metadata service's business
+        doc["user_data_bytes"] = len(base64.b64decode(user_data)) if user_data else 0
         if record.state in ("running", "stopped"):
             state = await self.hv.state(record.instance_id)
             doc["domain_state"] = state.value if state else "missing"
@@ -268,6 +400,7 @@ class InstanceManager:
         await self.hv.destroy(instance_id)
         await self.hv.undefine(instance_id)
         shutil.rmtree(self.dir / instance_id, ignore_errors=True)
+        await self._forget_address(instance_id)
         self._delete(instance_id)
         if record.state in LIVE:
             for image_id in record.images.values():

@@ -40,6 +40,10 @@ class NodeMetrics:
         self.instances = Gauge("eucalypt_node_instances", "Instances this node runs", registry=r)
         self.api_requests = Counter("eucalypt_node_api_requests", "Node API requests by route and status",
                                     ["route", "status"], registry=r)
+        self.metadata_requests = Counter("eucalypt_node_metadata_requests",
+                                         "Instance metadata service requests by result", ["result"], registry=r)
+        self.heartbeats = Counter("eucalypt_node_heartbeats", "Heartbeats sent to control, by result",
+                                  ["result"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,6 +1,13 @@
 """The node agent's HTTP API (aiohttp). Every /node/v1/ call is signed (auth.py).
 
-    GET    /_eucalypt/health                   {"status": "ok"}               (unsigned)
+NodeServer also runs what hangs off the agent: the instance metadata service on its own
+address and port (metadata.py), the network's NAT table pointing at it (network.py), and
+the heartbeat to control (registration.py). Start order: agent (with bridge + DHCP),
+metadata service, NAT, agent API, heartbeat (the url it reports must already answer);
+stop runs it backwards.
+
+    GET    /_eucalypt/health                   {"status": "ok", "metadata_url", "registration"}
+                                               (unsigned)
     GET    /_eucalypt/metrics                  Prometheus text                (unsigned)
     GET    /node/v1/resources                  cores / memory / disk / cache totals and use
     GET    /node/v1/images                     {"images": [cached image, ...]}
@@ -29,6 +36,8 @@ from .auth import check_request
 from .config import NodeConfig
 from .errors import BadRequest, NodeError, Unauthorized
 from .instances import LaunchRequest, _IMAGE_ID
+from .metadata import MetadataServer
+from .registration import Registration
 
 log = logging.getLogger("eucalypt.node.server")
 MAX_BODY = 1 << 20
@@ -40,6 +49,8 @@ class NodeServer:
         self.agent = NodeAgent(config, **agent_options)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.metadata: MetadataServer | None = None
+        self.registration: Registration | None = None
 
     @property
     def url(self) -> str:
@@ -66,18 +77,36 @@ class NodeServer:
         return app
 
     async def start(self) -> "NodeServer":
+        c = self.config
         await self.agent.start()
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        try:
+            self.metadata = await MetadataServer(self.agent.instances.by_private_ip, c.metadata_bind_host,
+                                                 c.metadata_port, metrics=self.agent.metrics).start()
+            if self.agent.network is not None:
+                await self.agent.network.install_nat(self.metadata.port)
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, c.host, c.port)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]
+            if c.control_url:
+                self.registration = await Registration(self.agent, c.control_url, c.advertise_url or self.url,
+                                                       interval=c.heartbeat_interval).start()
+        except BaseException:
+            await self.stop()
+            raise
         return self
 
     async def stop(self) -> None:
+        if self.registration is not None:
+            await self.registration.stop()
+            self.registration = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.metadata is not None:
+            await self.metadata.stop()
+            self.metadata = None
         await self.agent.close()
 
     # middleware ------------------------------------------------------------------------
@@ -111,8 +140,12 @@ class NodeServer:
     # handlers --------------------------------------------------------------------------
 
     async def health(self, request):
-        return web.json_response({"status": "ok", "instances": len(self.agent.instances.all()),
-                                  "cached_images": len(self.agent.cache.db.images())})
+        return web.json_response({
+            "status": "ok", "instances": len(self.agent.instances.all()),
+            "cached_images": len(self.agent.cache.db.images()),
+            "metadata_url": self.metadata.url if self.metadata else None,
+            "network": self.agent.network.describe() if self.agent.network else None,
+            "registration": self.registration.status() if self.registration else None})
 
     async def metrics_text(self, request):
         self.agent.cache.refresh_gauges()

@@ -75,6 +75,7 @@ def hypervisor():
 def node_config(data_dir: Path, walrus_url: str | list[str], bucket: str, **options) -> NodeConfig:
     urls = [walrus_url] if isinstance(walrus_url, str) else walrus_url
     fetch = options.pop("fetch", FetchPolicy())
+    options.setdefault("metadata_port", 0)  # never the shared default port 8776
     return NodeConfig(data_dir=data_dir, service_secret=SECRET, port=0,
                       walrus=tuple(WalrusEndpoint(u, SYSTEM.access_key, SYSTEM.secret_key) for u in urls),
                       bucket=bucket, hypervisor_uri="test:///default", fetch=fetch, **options)
