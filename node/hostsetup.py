@@ -33,9 +33,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 PACKAGES = ("qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "dnsmasq-base", "nftables")
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
@@ -87,7 +87,7 @@ def is_debian_like() -> bool:
 def missing_packages(packages=PACKAGES) -> list[str]:
     missing = []
     for pkg in packages:
-        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], check=False, capture_output=True, text=True)
         if r.returncode != 0 or not r.stdout.endswith("install ok installed"):
             missing.append(pkg)
     return missing
@@ -168,10 +168,10 @@ def install_packages(packages: list[str], log) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q", "--no-install-recommends", *packages]
     _say(log, logging.INFO, f"installing {' '.join(packages)}")
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if r.returncode != 0:  # stale package lists are the usual reason
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True, env=env)
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
         raise HostSetupError(f"apt-get install {' '.join(packages)} failed: {' / '.join(tail)}")

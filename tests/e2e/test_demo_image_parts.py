@@ -189,3 +189,23 @@ def test_build_demo_image(tmp_path):
     assert [p["version"] for p in offline.manifest["packages"]] == [p["version"] for p in m["packages"]]
     assert offline.manifest["files"]["initrd.img"] == m["files"]["initrd.img"]
     assert offline.manifest["files"]["vmlinuz"] == m["files"]["vmlinuz"]
+
+
+def test_stop_started_daemons_stops_only_what_was_recorded(tmp_path):
+    """By PID *and* start time: a recorded PID that now names another process is left alone."""
+    from node.hostsetup import _proc_start_time, stop_started_daemons
+    ours = subprocess.Popen(["sleep", "60"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        entries = [{"name": "sleep", "pid": ours.pid, "start_time": _proc_start_time(ours.pid), "netns": None},
+                   {"name": "sleep", "pid": other.pid, "start_time": _proc_start_time(other.pid) + 1, "netns": None}]
+        (tmp_path / "hostsetup-daemons.json").write_text(json.dumps(entries))
+        assert stop_started_daemons(tmp_path) == ["sleep"]
+        assert ours.wait(5) is not None
+        assert other.poll() is None
+        assert not (tmp_path / "hostsetup-daemons.json").exists()
+        assert stop_started_daemons(tmp_path) == []
+    finally:
+        for p in (ours, other):
+            p.kill()
+            p.wait()
