@@ -113,3 +113,27 @@ async def start_node(config: NodeConfig, hypervisor, **options) -> Node:
     server = NodeServer(config, hypervisor=hypervisor, **options)
     await server.start()
     return Node(server)
+
+
+def node_process_args(base: Path, walrus_url: str, bucket: str, *extra: str) -> list[str]:
+    """The arguments of a `eucalypt node` process on the test driver against the test
+    Walrus (its secret and credentials files written under `base`); metadata port 0."""
+    secret = base / "service.secret"
+    secret.write_text(SECRET + "\n")
+    creds = base / "walrus.toml"
+    creds.write_text(f'access_key = "{SYSTEM.access_key}"\nsecret_key = "{SYSTEM.secret_key}"\n')
+    return ["--hypervisor", "test:///default", "--walrus", walrus_url, "--bucket", bucket,
+            "--service-secret-file", str(secret), "--walrus-credentials", str(creds), "--metadata-port", "0",
+            *extra]
+
+
+def start_node_process(base: Path, walrus_url: str, bucket: str, *extra: str, data_dir: Path | None = None):
+    """A real `eucalypt node` process (walrustest.start_service); stop() it."""
+    from walrustest import start_service
+    base.mkdir(parents=True, exist_ok=True)
+    return start_service("node", data_dir or base / "node", node_process_args(base, walrus_url, bucket, *extra))
+
+
+async def node_health(client: NodeClient) -> dict:
+    async with client._session.get(client.url + "/_eucalypt/health") as reply:
+        return await reply.json()
