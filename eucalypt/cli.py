@@ -1,5 +1,6 @@
 """The `eucalypt` command: one entry point, a subcommand per service.
 
+    eucalypt up --state-dir ./var                    the whole cloud on this host
     eucalypt walrus --data-dir ./var/walrus          the S3 service, standalone
     eucalypt --help / eucalypt walrus --help         what every option means
 """
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "one service; `eucalypt SUBCOMMAND --help` explains its options.")
     parser.add_argument("--version", action="version", version=f"eucalypt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    from .up import add_parser as add_up_parser
+    add_up_parser(sub)
     _walrus_parser(sub)
     from control.cli import add_parser as add_control_parsers
     add_control_parsers(sub)
