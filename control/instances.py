@@ -218,9 +218,10 @@ def reconcile_node(txn, node: dict, docs: tuple[dict, ...] | list[dict], now: fl
             continue
         record = find_instance(txn, instance_id)
         # The node holds an instance control has finished with (terminated while the node
-        # was away, or a failed launch already reported): ask the node to drop it. Ids
-        # control never issued are left alone (another cloud's, or an operator's).
-        if record is not None and record["state"] == "terminated":
+        # was away, or a failed launch already reported), or one control moved to another
+        # node while this one was unreachable: ask the node to drop it. Ids control never
+        # issued are left alone (another cloud's, or an operator's).
+        if record is not None and (record["state"] == "terminated" or record.get("node_id") != node_id):
             actions.append(("terminate", node_id, instance_id))
     return actions
 
@@ -268,6 +269,40 @@ def _apply_doc(txn, record: dict, doc: dict, node_id: str, now: float) -> list[t
                   reason="Client.InstanceInitiatedShutdown: Instance initiated shutdown")
         return [("terminate", node_id, record["id"])]
     return []  # "pending" on the node: the launch is under way
+
+
+def move_launch(txn, account_id: str, instance_id: str, now: float, interval: float) -> tuple[dict, dict] | None:
+    """Place a pending instance whose node became unreachable before it confirmed the
+    launch on another node of its zone: (record, node), or None if nothing fits (or it is
+    no longer a pending launch). Should the old node come back holding it after all,
+    reconciliation asks it to drop its copy."""
+    from .scheduler import place
+
+    record = get_instance(txn, account_id, instance_id)
+    if record is None or record["state"] != "pending" or record.get("launch") == "confirmed":
+        return None
+    old = record.get("node_id")
+    options = [c for c in capacities(txn, record["zone"], now, interval) if c.node_id != old]
+    images = tuple(i for i in (record["image_id"], record.get("kernel_id"), record.get("ramdisk_id")) if i)
+    chosen = place(options, 1, cores=record["vcpus"], memory_mib=record["memory_mib"], disk_gb=record["disk_gb"],
+                   images=images)
+    if not chosen:
+        return None
+    public = (record.get("public_ip"), record.get("allocation_id"), record.get("association_id"))
+    _release(txn, record)
+    record["public_ip"], record["allocation_id"], record["association_id"] = public
+    node = nodes_mod.get_node(txn, chosen[0])
+    record["node_id"] = chosen[0]
+    record["subnet"], record["private_ip"] = allocate_private_ip(txn, node.get("network") or {}, instance_id)
+    record["launch"] = "sent"
+    put_instance(txn, record)
+    put_text(txn, "node_instances", f"{chosen[0]}/{instance_id}", account_id)
+    if record.get("public_ip"):
+        address = get_json(txn, "addresses", record["public_ip"])
+        if address is not None and address.get("instance_id") == instance_id:
+            address["private_ip"] = record["private_ip"]
+            put_json(txn, "addresses", record["public_ip"], address)
+    return record, node
 
 
 def confirm_launch(txn, account_id: str, instance_id: str, doc: dict | None, now: float) -> dict | None:

@@ -193,13 +193,23 @@ class Launcher:
                     self._spawn("cleanup", instance_id, self._node_call, node["node_id"], "terminate", instance_id)
                 break
             except NETWORK_ERRORS as exc:
-                # The node is away: keep trying while it might come back; once it has been
-                # unreachable for longer than the launch timeout, the launch fails.
+                # The node is away. Once it counts as unreachable the instance moves to
+                # another node of its zone if one has room; otherwise keep trying while
+                # the node might come back, and fail after the launch timeout.
                 with self.store.read() as txn:
                     current = nodes_mod.get_node(txn, node["node_id"])
                     record = inst.get_instance(txn, account, instance_id)
                 if record is None or record["state"] != "pending":
                     break
+                if current is None or not nodes_mod.reachable(current, self.now(), self.interval):
+                    moved = await self.store.write(lambda txn: inst.move_launch(txn, account, instance_id,
+                                                                                self.now(), self.interval))
+                    if moved is not None:
+                        log.info("moving the launch of %s from unreachable %s to %s", instance_id,
+                                 node["node_id"], moved[1]["node_id"])
+                        record, node = moved
+                        body = launch_body(record, self.service.config.region)
+                        continue
                 if current is None or self.now() - current["last_seen"] > self.service.config.launch_timeout:
                     reason = f"node {node['node_id']} could not be reached ({type(exc).__name__})"
                     await self.store.write(lambda txn: inst.fail_launch(txn, account, instance_id, reason,

@@ -24,6 +24,7 @@ from controltest import admin, create_user, ec2_client, register_image, start_cl
 from walrustest import ServiceProcess, start_service
 
 from control import internal
+from control.scheduler import NodeCapacity, how_many_fit, place
 
 HEARTBEAT_PATH = "/_eucalypt/internal/nodes/heartbeat"
 INTERVAL = 0.5  # control's --heartbeat-interval in these tests: unreachable after 1.5 s
@@ -51,9 +52,9 @@ def walrus_credentials(control_dir: Path, out: Path) -> Path:
 
 def start_node(root: Path, cloud, name: str, *, cores: int = 16, memory_mib: int = 8192,
                subnet: str | None = "10.211.0.0/24", cluster: str | None = None,
-               extra: list[str] | None = None) -> ServiceProcess:
+               extra: list[str] | None = None, wait: bool = True) -> ServiceProcess:
     """A real `eucalypt node` on libvirt's test driver, heartbeating to the cloud's control;
-    returns once control has registered it."""
+    returns once control has registered it (with ``wait``)."""
     creds = root / "walrus-creds.toml"
     if not creds.exists():
         walrus_credentials(cloud.control_dir, root)
@@ -62,7 +63,8 @@ def start_node(root: Path, cloud, name: str, *, cores: int = 16, memory_mib: int
             "--cores", str(cores), "--memory-mib", str(memory_mib), "--metadata-port", "0",
             *(["--subnet", subnet] if subnet else []), *(["--cluster", cluster] if cluster else []), *(extra or [])]
     node = start_service("node", root / name, args)
-    wait_registered(node)
+    if wait:
+        wait_registered(node)
     return node
 
 
@@ -123,6 +125,26 @@ def make_cloud(root: Path, *, control_extra: list[str] | None = None) -> dict:
                               "acme-images", name="tiny root")
     return {"cloud": cloud, "root": root, "a": a, "b": b, "env_a": env_a, "ec2_a": ec2_a, "ec2_b": ec2_b,
             "image_id": image_id}
+
+
+# ---- the scheduler (pure) --------------------------------------------------------------------
+
+def test_scheduler_prefers_cached_images_then_free_memory_and_never_overbooks():
+    nodes = [NodeCapacity("nc-a", cores=4, memory_mib=1024, disk_gb=100),
+             NodeCapacity("nc-b", cores=4, memory_mib=4096, disk_gb=100),
+             NodeCapacity("nc-c", cores=2, memory_mib=512, disk_gb=100, images=frozenset({"emi-1", "eki-1"}))]
+    # The node with the image first (until it is full), then the most free memory.
+    assert place(nodes, 3, cores=1, memory_mib=256, disk_gb=5, images=("emi-1", "eki-1")) == \
+        ["nc-c", "nc-c", "nc-b"]
+    # Without the kernel in its cache nc-c is no better than the others.
+    assert place(nodes, 1, cores=1, memory_mib=256, disk_gb=5, images=("emi-1", "eki-2")) == ["nc-b"]
+    # Never more than fits: 4 + 4 + 2 cores.
+    assert len(place(nodes, 50, cores=1, memory_mib=128, disk_gb=1)) == 10
+    assert place(nodes, 1, cores=8, memory_mib=256, disk_gb=1) == []
+    assert place(nodes, 2, cores=1, memory_mib=256, disk_gb=60) == ["nc-b", "nc-a"]  # disk: one per node
+    assert how_many_fit(nodes[1], cores=1, memory_mib=1024, disk_gb=5) == 4
+    assert how_many_fit(NodeCapacity("nc-x", cores=-1, memory_mib=0, disk_gb=0), cores=1, memory_mib=1,
+                        disk_gb=1) == 0
 
 
 # ---- the heartbeat endpoint on its own -------------------------------------------------------
@@ -226,5 +248,45 @@ def test_real_node_registers_reports_capacity_goes_quiet_and_returns(cloud):
         finally:
             os.kill(node.process.pid, signal.SIGCONT)
         wait_for(lambda: vm_types(ec2)["m1.small"] == (6, 6), timeout=10, what="node back")
+    finally:
+        node.stop()
+
+
+def test_node_restart_fails_lost_domains_and_keeps_serving_at_its_new_url(cloud):
+    ec2 = cloud["ec2_a"]
+    node = start_node(cloud["root"], cloud["cloud"], "node-2", cores=4, memory_mib=2048)
+    try:
+        node_id = wait_registered(node)["node_id"]
+        instance_id = ec2.run_instances(ImageId=cloud["image_id"], MinCount=1, MaxCount=1)["Instances"][0][
+            "InstanceId"]
+
+        def state():
+            return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+        wait_for(lambda: state()["State"]["Name"] == "running", what="running")
+        node.stop()
+        # test:///default keeps no domains across processes: the restarted agent fails the
+        # instance, and control terminates it with the node's reason.
+        node = start_node(cloud["root"], cloud["cloud"], "node-2", cores=4, memory_mib=2048)
+        assert wait_registered(node)["node_id"] == node_id
+        wait_for(lambda: state()["State"]["Name"] == "terminated", what="terminated")
+        reason = state()["StateReason"]
+        assert reason["Code"] == "Server.InternalError" and "vanished" in reason["Message"], reason
+        again = ec2.run_instances(ImageId=cloud["image_id"], MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        wait_for(lambda: ec2.describe_instances(InstanceIds=[again])["Reservations"][0]["Instances"][0][
+            "State"]["Name"] == "running", what="a launch at the new url")
+        ec2.terminate_instances(InstanceIds=[again])
+    finally:
+        node.stop()
+
+
+def test_node_of_an_unknown_cluster_is_refused(cloud):
+    node = start_node(cloud["root"], cloud["cloud"], "node-3", cluster="nowhere", wait=False)
+    try:
+        def refused():
+            registration = node_health(node).get("registration") or {}
+            return registration if registration.get("last_error") else None
+        registration = wait_for(refused, timeout=15, what="a refused heartbeat")
+        assert not registration["registered"] and "409" in registration["last_error"]
+        assert "unknown cluster" in registration["last_error"]
     finally:
         node.stop()
