@@ -58,6 +58,10 @@ def _run(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), check=True, capture_output=True, text=True, **kw)
 
 
+def _delete_netns(name: str) -> None:
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
 @pytest.fixture(scope="module")
 def root_only():
     if os.geteuid() != 0:
@@ -82,7 +86,7 @@ def demo_image(root_only, tmp_path_factory):
 @pytest.fixture
 def netns(root_only):
     name = f"eue2e{os.getpid()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    _delete_netns(name)
     _run("ip", "netns", "add", name)
     try:
         _run("ip", "-n", name, "link", "set", "lo", "up")
@@ -91,7 +95,7 @@ def netns(root_only):
         _run("ip", "-n", name, "link", "set", BRIDGE, "up")
         yield name
     finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        _delete_netns(name)
 
 
 def socket_in_netns(netns: str, host: str, port: int = 0) -> socket.socket:
@@ -276,6 +280,21 @@ async def test_demo_guest_boots_with_dhcp_metadata_key_and_user_data(tmp_path, d
         assert metadata.requests and {remote for remote, _ in metadata.requests} == {GUEST_IP}
         assert {"/latest/meta-data/instance-id", "/latest/user-data",
                 "/latest/meta-data/public-keys/0/openssh-key"} <= {path for _, path in metadata.requests}
+        assert (await hypervisor.state(instance_id)).value == "running"
+
+        # a second caller in the same namespace uses the running libvirtd (and records
+        # nothing to stop); one that wants another namespace is refused, the daemon untouched
+        again_dir, other_ns = tmp_path / "hostsetup-again", f"{netns}b"
+        again = await asyncio.to_thread(hostsetup.choose_hypervisor, "qemu:///system", install=False,
+                                        log=None, state_dir=again_dir, netns=netns)
+        assert again == choice and not (again_dir / "hostsetup-daemons.json").exists()
+        _run("ip", "netns", "add", other_ns)
+        try:
+            refused = await asyncio.to_thread(hostsetup.choose_hypervisor, None, install=False, log=None,
+                                              state_dir=again_dir, netns=other_ns)
+        finally:
+            _delete_netns(other_ns)
+        assert refused.uri == "test:///default" and f"outside network namespace {other_ns}" in refused.warning
         assert (await hypervisor.state(instance_id)).value == "running"
     finally:
         if hypervisor is not None:
