@@ -19,7 +19,7 @@ from controltest import VENV_BIN
 from node.client import NodeClient
 from test_control_nodes import code_of, image_file, make_cloud, start_node, vm_types, wait_for
 
-from controltest import register_image
+from controltest import register_image, wait_image
 
 CORES = 12
 
@@ -232,6 +232,33 @@ def test_filters_and_pagination(env):
     terminate_all(ec2, list(mine))
 
 
+def test_kernel_ramdisk_group_id_and_zone(env):
+    ec2, root = env["ec2_a"], env["root"]
+    kernel = register_image(ec2, env["env_a"], image_file(root / "vmlinuz", 200_000, 11), root / "bundle-k",
+                            "acme-boot", kind="kernel", name="kernel")
+    ramdisk = register_image(ec2, env["env_a"], image_file(root / "initrd", 100_000, 12), root / "bundle-r",
+                             "acme-boot", kind="ramdisk", name="ramdisk")
+    group = ec2.create_security_group(GroupName="kr", Description="kr")["GroupId"]
+    made = ec2.run_instances(ImageId=env["image_id"], MinCount=1, MaxCount=1, KernelId=kernel, RamdiskId=ramdisk,
+                             SecurityGroupIds=[group], Placement={"AvailabilityZone": "eucalyptusa"})
+    instance = made["Instances"][0]
+    assert (instance["KernelId"], instance["RamdiskId"]) == (kernel, ramdisk)
+    assert instance["SecurityGroups"] == [{"GroupId": group, "GroupName": "kr"}]
+    wait_state(ec2, [instance["InstanceId"]], "running")
+    doc = next(d for d in node_call(env, "instances") if d["instance_id"] == instance["InstanceId"])
+    assert doc["images"] == {"machine": env["image_id"], "kernel": kernel, "ramdisk": ramdisk}
+    found = ec2.describe_instances(Filters=[{"Name": "kernel-id", "Values": [kernel]},
+                                            {"Name": "group-id", "Values": [group]}])["Reservations"]
+    assert [i["InstanceId"] for r in found for i in r["Instances"]] == [instance["InstanceId"]]
+    for kwargs, code in ((dict(RamdiskId=ramdisk), "InvalidParameterCombination"),
+                         (dict(KernelId=ramdisk), "InvalidParameterValue"),
+                         (dict(ImageId=kernel), "InvalidParameterValue")):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ec2.run_instances(**{"ImageId": env["image_id"], "MinCount": 1, "MaxCount": 1, **kwargs})
+        assert code_of(e) == code, kwargs
+    terminate_all(ec2, [instance["InstanceId"]])
+
+
 def test_accounts_are_kept_apart(env):
     a, b = env["ec2_a"], env["ec2_b"]
     made = a.run_instances(ImageId=env["image_id"], MinCount=1, MaxCount=1)
@@ -266,7 +293,13 @@ def test_failed_launch_is_terminated_with_the_nodes_reason(env):
     root = env["root"]
     # 8 MiB of random data cannot fit the node's 6 MiB cache: the node refuses the launch.
     big = register_image(ec2, env["env_a"], image_file(root / "big.img", 16 << 20, 9), root / "bundle-big",
-                         "acme-images", name="too big")
+                         "acme-images", name="too big", wait=False)
+    try:  # still being prepared (16 MiB take a moment): not launchable yet
+        ec2.run_instances(ImageId=big, MinCount=1, MaxCount=1)
+        raise AssertionError("an image that is not available was launched")
+    except botocore.exceptions.ClientError as exc:
+        assert exc.response["Error"]["Code"] == "InvalidAMIID.Unavailable"
+    assert wait_image(ec2, big)["State"] == "available"
     instance_id = ec2.run_instances(ImageId=big, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     wait_state(ec2, [instance_id], "terminated", timeout=60)
     reason = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["StateReason"]
