@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,10 @@ def test_build_demo_image(tmp_path):
     mtimes = {name: os.stat(out / name).st_mtime_ns for name in ("vmlinuz", "initrd.img", "rootfs.img")}
     again = build_demo_image(out)
     assert not again.rebuilt and again.manifest == m
+    assert mtimes == {name: os.stat(out / name).st_mtime_ns for name in mtimes}
+    cli = subprocess.run([sys.executable, "-m", "eucalypt.cli", "demo-image", str(out)], capture_output=True,
+                         text=True, check=True)
+    assert f"demo-image: up to date: {out}" in cli.stdout and m["cmdline"] in cli.stdout
     assert mtimes == {name: os.stat(out / name).st_mtime_ns for name in mtimes}
     # offline, from the cache: the same packages, a byte-identical ramdisk
     offline = build_demo_image(tmp_path / "offline", offline=True)
