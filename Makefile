@@ -9,7 +9,7 @@ STATE  ?= ./var
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev qemu-utils openssl gzip tar e2fsprogs curl \
                 qemu-system-x86 libvirt-daemon-system libvirt-clients dnsmasq-base nftables iproute2 cpio
 
-.PHONY: setup apt run test bench clean
+.PHONY: setup apt run demo test bench clean
 
 setup: apt $(VENV)/.installed
 
@@ -31,8 +31,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
+# The whole cloud on this host (control :8773, Walrus :8774, a node :8775) until Ctrl-C;
+# admin credentials in $(STATE)/credentials/admin (source its eucarc). UP_ARGS: more options.
 run: setup
-	$(VENV)/bin/eucalypt walrus --host 127.0.0.1 --port 8774 --data-dir $(STATE)/walrus
+	$(VENV)/bin/eucalypt up --state-dir $(STATE) $(UP_ARGS)
+
+# The README walkthrough (bundle, register, run the demo guest) against a running `make run`.
+demo: setup
+	bash demo/walkthrough.sh $(STATE)
 
 # pytest exits 5 when it collected no tests: that must fail, not pass silently.
 test: setup
