@@ -432,6 +432,11 @@ def write_rootfs(tree: dict[str, Entry], path: Path, *, size_mib: int, label: st
     """ext2 with `mke2fs -d` from a staged copy of the tree (device nodes are left out:
     /dev is the ramdisk's devtmpfs, moved over before switch_root)."""
     stage = work / "rootfs"
+    stage_tree(tree, stage)
+    make_ext2(stage, path, size_mib=size_mib, label=label, work=work)
+
+
+def stage_tree(tree: dict[str, Entry], stage: Path) -> None:
     for name in sorted(tree):
         e = tree[name]
         target = stage / name
@@ -444,9 +449,30 @@ def write_rootfs(tree: dict[str, Entry], path: Path, *, size_mib: int, label: st
         elif e.kind == "symlink":
             os.symlink(e.target, target)
     os.chmod(stage, 0o755)
+
+
+def make_ext2(stage: Path, path: Path, *, size_mib: int, label: str, work: Path) -> None:
+    """`mke2fs -d STAGE`, then every file given to root (mke2fs copies the staged files'
+    owners, which are the builder's when it is not root)."""
     path.unlink(missing_ok=True)
     _run(["mke2fs", "-q", "-t", "ext2", "-F", "-L", label, "-m", "0", "-E", "root_owner=0:0",
           "-d", str(stage), str(path), f"{size_mib}M"])
+    not_root = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.lstat().st_uid != 0
+                      or p.lstat().st_gid != 0)
+    if not_root:
+        chown_to_root(path, not_root, work=work)
+
+
+def chown_to_root(image: Path, names: Iterable[str], *, work: Path) -> None:
+    """Make NAMES (paths in the ext2 IMAGE) owned by root with debugfs: `mke2fs -d` copies
+    the staged files' owners, which are the builder's when it is not root."""
+    script = work / "chown.debugfs"
+    script.write_text("".join(f'sif "/{n}" uid 0\nsif "/{n}" gid 0\n' for n in names))
+    result = _run(["debugfs", "-w", "-f", str(script), str(image)])
+    errors = [line for line in result.stderr.decode(errors="replace").splitlines()
+              if line.strip() and not line.startswith("debugfs ")]
+    if errors:
+        raise DemoImageError(f"debugfs could not give {image.name} to root: {errors[0]}")
 
 
 # ---------------------------------------------------------------------------------------

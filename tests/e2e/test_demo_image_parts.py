@@ -214,3 +214,23 @@ def test_stop_started_daemons_stops_only_what_was_recorded(tmp_path):
         for p in (ours, other):
             p.kill()
             p.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("debugfs") is None,
+                    reason="needs root (to stage files owned by someone else) and debugfs")
+def test_rootfs_files_belong_to_root_whoever_built_it(tmp_path):
+    """mke2fs -d copies the staged files' owners; a non-root build would give the guest's
+    files to the builder's uid. Staged here as uid 1234, the image must still say 0."""
+    from eucalypt.demoimage import Entry, make_ext2, stage_tree
+    tree = {"bin": Entry("dir"), "bin/busybox": Entry("file", 0o755, b"\x7fELF"),
+            "bin/sh": Entry("symlink", target="busybox"), "etc": Entry("dir"),
+            "etc/passwd": Entry("file", 0o644, b"root:x:0:0::/root:/bin/sh\n")}
+    stage, image = tmp_path / "stage", tmp_path / "root.img"
+    stage_tree(tree, stage)
+    for p in stage.rglob("*"):
+        os.lchown(p, 1234, 1234)
+    make_ext2(stage, image, size_mib=4, label="t", work=tmp_path)
+    for name in ("/bin", "/bin/busybox", "/bin/sh", "/etc/passwd"):
+        stat_text = _debugfs(image, f"stat {name}")
+        assert "User:     0   Group:     0" in stat_text, (name, stat_text[:300])
+    assert "Type: symlink" in _debugfs(image, "stat /bin/sh")  # the link itself, not its target
