@@ -88,6 +88,8 @@ class Launcher:
 
     # ---- life ----------------------------------------------------------------------------
     async def start(self) -> None:
+        now = self.now()
+        await self.store.write(lambda txn: nodes_mod.note_control_start(txn, now))
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -210,7 +212,8 @@ class Launcher:
                         record, node = moved
                         body = launch_body(record, self.service.config.region)
                         continue
-                if current is None or self.now() - current["last_seen"] > self.service.config.launch_timeout:
+                heard = max(current["last_seen"], current.get("control_started") or 0) if current else 0
+                if current is None or self.now() - heard > self.service.config.launch_timeout:
                     reason = f"node {node['node_id']} could not be reached ({type(exc).__name__})"
                     await self.store.write(lambda txn: inst.fail_launch(txn, account, instance_id, reason,
                                                                         self.now()))

@@ -37,6 +37,9 @@ log = logging.getLogger("eucalypt.control.nodes")
 HEARTBEAT_PATH = "/_eucalypt/internal/nodes/heartbeat"
 PROTOCOL = 1
 MISSED_INTERVALS = 3
+# A heartbeat carries every instance's document, user data (16 KiB) and metadata included:
+# far more than the 1 MiB an EC2 request may have.
+MAX_HEARTBEAT = 64 << 20
 _NODE_ID = re.compile(r"nc-[0-9a-f]{16}")
 
 
@@ -124,12 +127,25 @@ def list_nodes(txn, zone: str | None = None) -> list[dict]:
 
 
 def reachable(node: dict, now: float, interval: float) -> bool:
-    return now - node["last_seen"] <= MISSED_INTERVALS * interval
+    """Heard from within the last 3 intervals -- or control itself only just started (a
+    node cannot have reached a control that was down; its next heartbeat will tell)."""
+    heard = max(node["last_seen"], node.get("control_started") or 0)
+    return now - heard <= MISSED_INTERVALS * interval
+
+
+def note_control_start(txn, now: float) -> None:
+    """Give every known node a fresh 3 intervals to be heard from after control starts."""
+    for node in list_nodes(txn):
+        node["control_started"] = now
+        node["unreachable_since"] = None
+        put_json(txn, "nodes", node["node_id"], node)
 
 
 def unreachable_reason(node: dict, now: float) -> str:
+    import datetime
+    since = datetime.datetime.fromtimestamp(node["last_seen"], datetime.timezone.utc)
     return (f"node {node['node_id']} is unreachable: no heartbeat for {now - node['last_seen']:.0f} s "
-            f"(since {node['last_seen']:.0f})")
+            f"(the last at {since:%Y-%m-%dT%H:%M:%SZ})")
 
 
 def totals(node: dict) -> tuple[int, int, int]:
@@ -158,7 +174,14 @@ async def handle_heartbeat(service, request: web.Request) -> web.Response:
     """POST HEARTBEAT_PATH: verify, record, reconcile; answer the node its zone and interval."""
     from .instances import reconcile_node
 
-    body = await request.read()
+    if (request.content_length or 0) > MAX_HEARTBEAT:
+        return web.json_response({"error": f"a heartbeat is at most {MAX_HEARTBEAT} bytes"}, status=413)
+    body = bytearray()
+    while chunk := await request.content.read(1 << 20):
+        body += chunk
+        if len(body) > MAX_HEARTBEAT:
+            return web.json_response({"error": f"a heartbeat is at most {MAX_HEARTBEAT} bytes"}, status=413)
+    body = bytes(body)
     now = service.clock.now()
     why = internal.check(service.data.service_secret, "POST", HEARTBEAT_PATH, request.headers, body, now)
     if why is not None:
