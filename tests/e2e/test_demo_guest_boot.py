@@ -192,6 +192,15 @@ table ip eucalypt_e2e {{
 """)
 
 
+def _acpi_shutdown(uri: str, name: str) -> None:
+    import libvirt
+    conn = libvirt.open(uri)
+    try:
+        conn.lookupByName(name).shutdown()
+    finally:
+        conn.close()
+
+
 async def _wait_for(path: Path, marker: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -296,6 +305,14 @@ async def test_demo_guest_boots_with_dhcp_metadata_key_and_user_data(tmp_path, d
             _delete_netns(other_ns)
         assert refused.uri == "test:///default" and f"outside network namespace {other_ns}" in refused.warning
         assert (await hypervisor.state(instance_id)).value == "running"
+
+        # the ACPI power button (virDomainShutdown, `virsh shutdown`) powers the guest off
+        await asyncio.to_thread(_acpi_shutdown, choice.uri, instance_id)
+        await _wait_for(console, "EUCALYPT-GUEST: power button, powering off", 60)
+        deadline = time.monotonic() + 60
+        while (await hypervisor.state(instance_id)).value != "shutoff" and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert (await hypervisor.state(instance_id)).value == "shutoff"
     finally:
         if hypervisor is not None:
             await hypervisor.destroy(instance_id)
