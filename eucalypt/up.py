@@ -221,8 +221,6 @@ def _up(args, state: Path, run_dir: Path, log_dir: Path) -> int:
     try:
         choice = choose_hypervisor(args.hypervisor, install=is_root and not args.no_install, log=_say,
                                    state_dir=hostsetup_dir)
-        if choice.warning:
-            _loud(choice.warning)
         if supervisor.stopping:
             raise Stopped()
 
@@ -292,6 +290,8 @@ To use the cloud:
   source {creds_dir}/eucarc
   aws --endpoint-url $EC2_URL ec2 describe-availability-zones
 Ctrl-C stops it.""", flush=True)
+    if choice.warning:   # again, where it cannot scroll away unseen
+        _loud(choice.warning)
 
 
 __all__ = ["add_parser", "run_up"]

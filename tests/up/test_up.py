@@ -52,10 +52,10 @@ class Cloud:
         return self.process.returncode
 
 
-def start_up(state: Path, *extra: str, timeout: float = 180) -> Cloud:
-    """`eucalypt up` on free ports with the test driver; wait for its ready banner."""
+def start_up(state: Path, *extra: str, hypervisor: str = "test:///default", timeout: float = 180) -> Cloud:
+    """`eucalypt up` on free ports (the test driver by default); wait for its ready banner."""
     cmd = [sys.executable, "-m", "eucalypt.cli", "up", "--state-dir", str(state), "--hypervisor",
-           "test:///default", "--control-port", "0", "--walrus-port", "0", "--node-port", "0",
+           hypervisor, "--no-install", "--control-port", "0", "--walrus-port", "0", "--node-port", "0",
            "--metadata-port", "0", *extra]
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
@@ -66,7 +66,7 @@ def start_up(state: Path, *extra: str, timeout: float = 180) -> Cloud:
         for line in process.stdout:
             cloud.lines.append(line)
             if line.startswith("Ctrl-C stops it."):
-                banner_done.set()
+                threading.Timer(0.5, banner_done.set).start()   # and the warning after it, if any
         banner_done.set()
     threading.Thread(target=drain, daemon=True).start()
     if not banner_done.wait(timeout) or process.poll() is not None:
@@ -226,3 +226,17 @@ def test_a_second_up_reuses_the_state(cloud, state):
         wait_for(lambda: not any(alive(p) for p in pids), 60, "the orphaned services to stop")
     finally:
         again.stop()
+
+
+def test_no_usable_hypervisor_falls_back_to_the_test_driver_loudly(tmp_path):
+    # xen:///system is never set up by eucalypt: probing it only opens a libvirt connection.
+    cloud = start_up(tmp_path / "state", hypervisor="xen:///system")
+    try:
+        text = cloud.output()
+        assert "(hypervisor test:///default)" in text
+        warning = text.split("Ctrl-C stops it.", 1)[1]
+        assert "!! WARNING: no usable hypervisor at xen:///system" in warning
+        assert "falling back to test:///default" in warning
+        assert "--hypervisor test:///default" in (tmp_path / "state" / "logs" / "node.log").read_text()
+    finally:
+        assert cloud.stop() == 0
