@@ -74,6 +74,7 @@ class Launcher:
         self._inflight: set[tuple[str, str]] = set()   # (kind, instance id)
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
+        self._stopped = False
 
     @property
     def store(self):
@@ -93,6 +94,7 @@ class Launcher:
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
+        self._stopped = True  # a heartbeat answered during shutdown starts nothing new
         tasks = [t for t in (self._sweeper, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -103,7 +105,7 @@ class Launcher:
 
     def _spawn(self, kind: str, instance_id: str, coro_fn, *args) -> None:
         key = (kind, instance_id)
-        if key in self._inflight:
+        if key in self._inflight or self._stopped:
             return
         self._inflight.add(key)
 

@@ -430,9 +430,9 @@ async def describe_instance_status(ctx: Context) -> dict:
 
 # ---- state changes --------------------------------------------------------------------------
 
-def _owned(txn, ctx: Context, required: bool = True) -> list[dict]:
+def _owned(txn, ctx: Context) -> list[dict]:
     ids = _check_ids(ctx.params.list("InstanceId"))
-    if not ids and required:
+    if not ids:
         raise missing("InstanceId")
     return _select(txn, ctx, ids)
 
