@@ -90,6 +90,9 @@ class NodeServer:
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]
             if c.control_url:
+                if c.host in ("0.0.0.0", "::", "") and not c.advertise_url:
+                    log.warning("listening on %r without --advertise-url: control is told %s, which it "
+                                "cannot reach", c.host, self.url)
                 self.registration = await Registration(self.agent, c.control_url, c.advertise_url or self.url,
                                                        interval=c.heartbeat_interval).start()
         except BaseException:

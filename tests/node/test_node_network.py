@@ -34,12 +34,14 @@ from nodetestlib import (  # noqa: F401  (fixtures)
     SECRET, alice_cert, alice_s3, bundle_bucket, cloud_key, ic_walrus, mixed_image, node_process_args, prepare,
     start_node_process, system_bucket, system_endpoint)
 from node.client import NodeClient
+from node.config import NodeConfig
+from node.network import dhcp_hosts_text, host_dns_servers, nft_ruleset, nft_table_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBNET, GATEWAY, GUEST_IP, STRANGER_IP = "10.213.0.0/24", "10.213.0.1", "10.213.0.23", "10.213.0.99"
 
 _missing = [t for t in ("ip", "nft", "dnsmasq") if shutil.which(t) is None]
-pytestmark = pytest.mark.skipif(
+needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or bool(_missing),
     reason="NODE NETWORK TEST SKIPPED: needs root and ip/nft/dnsmasq "
            f"(euid {os.geteuid()}, missing: {', '.join(_missing) or 'none'}; apt-get install dnsmasq-base nftables)")
@@ -63,6 +65,8 @@ def ns_python(ns: str, code: str, *args: str) -> str:
 API_CALL = """
 import asyncio, json, sys
 from node.client import NodeClient
+from node.config import NodeConfig
+from node.network import dhcp_hosts_text, host_dns_servers, nft_ruleset, nft_table_name
 async def main(url, secret, method, path, body):
     async with NodeClient(url, secret) as c:
         print(json.dumps(await c.call(method, path, json.loads(body) if body else None)))
@@ -178,6 +182,7 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
+@needs_root
 def test_bridge_dhcp_and_metadata_through_the_dnat(tmp_path, namespaces, ic_walrus, alice_s3, bundle_bucket,
                                                     system_endpoint, system_bucket, cloud_key, alice_cert):
     node_ns, guest_ns, bridge = namespaces
@@ -302,3 +307,35 @@ def test_bridge_dhcp_and_metadata_through_the_dnat(tmp_path, namespaces, ic_walr
     finally:
         node.stop()
 
+
+
+def test_settings_gateway_and_when_the_network_is_managed():
+    base = dict(data_dir=Path("/x"), service_secret="s", walrus=())
+    c = NodeConfig(**base, bridge="eubr0", subnet="10.211.0.0/24", manage_network=True)
+    assert c.network_managed and c.gateway == "10.211.0.1" and c.metadata_bind_host == "10.211.0.1"
+    assert not NodeConfig(**base, subnet="10.211.0.0/24", manage_network=True).network_managed  # no bridge
+    off = NodeConfig(**base, bridge="eubr0", subnet="10.211.0.0/24", manage_network=False)
+    assert not off.network_managed and off.metadata_bind_host == "127.0.0.1"
+    assert NodeConfig(**base, bridge="b", subnet="10.1.0.0/24", manage_network=False,
+                      metadata_host="10.1.0.1").metadata_bind_host == "10.1.0.1"
+    assert NodeConfig(**base, bridge="b", subnet="10.1.0.0/24").network_managed == (os.geteuid() == 0)
+    with pytest.raises(ValueError):
+        NodeConfig(**base, subnet="10.211.0.1/24")  # host bits set
+    with pytest.raises(ValueError):
+        NodeConfig(**base, subnet="10.211.0.0/31")
+
+
+def test_ruleset_hosts_file_and_name_servers(tmp_path):
+    assert nft_table_name("br-eu.0") == "eucalypt_br_eu_0"
+    text = nft_ruleset("eubr0", "10.211.0.0/24", "10.211.0.1", 8776)
+    assert text.startswith("table ip eucalypt_eubr0 {}\ndelete table ip eucalypt_eubr0\n")
+    assert 'iifname "eubr0" ip daddr 169.254.169.254 tcp dport 80 dnat to 10.211.0.1:8776' in text
+    assert 'ip saddr 10.211.0.0/24 oifname != "eubr0" masquerade' in text
+    assert "type filter hook forward" in text and "issue #8" in text
+    assert dhcp_hosts_text({"i-2": ("d0:0d:00:00:00:02", "10.0.0.3", "b"),
+                            "i-1": ("d0:0d:00:00:00:01", "10.0.0.2", "a")}) == \
+        "d0:0d:00:00:00:01,10.0.0.2,a\nd0:0d:00:00:00:02,10.0.0.3,b\n"
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("# c\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nnameserver ::1\nsearch x\n")
+    assert host_dns_servers(resolv) == ["192.0.2.53"]
+    assert host_dns_servers(tmp_path / "missing") == []

@@ -146,7 +146,7 @@ async def test_control_down_at_start_then_up(tmp_path, ic_walrus, system_bucket,
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = node_config(tmp_path / "node", ic_walrus.url, system_bucket, control_url=f"http://127.0.0.1:{port}",
-                         heartbeat_interval=0.2)
+                         heartbeat_interval=0.2, advertise_url="http://node-7.example:8775")
     node = await start_node(config, hypervisor)
     control = None
     try:
@@ -155,7 +155,7 @@ async def test_control_down_at_start_then_up(tmp_path, ic_walrus, system_bucket,
         assert (await node.client.resources())["cores"]["total"] >= 1  # the agent serves on
         control = await FakeControl().start(port)
         beat = await control.next_beat()
-        assert beat["node_id"] == load_node_id(tmp_path / "node")
+        assert beat["node_id"] == load_node_id(tmp_path / "node") and beat["url"] == "http://node-7.example:8775"
         await wait_until(lambda: node.server.registration.registered and not node.server.registration.last_error,
                          what="registered")
     finally:
