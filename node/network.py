@@ -283,8 +283,14 @@ class NodeNetwork:
 
     async def _reload(self) -> None:
         await asyncio.to_thread(self._write_hosts)
-        if self._dnsmasq is not None and self._dnsmasq.returncode is None:
+        if self._dnsmasq is None:
+            return  # not started (yet): start() reads the file
+        if self._dnsmasq.returncode is None:
             self._dnsmasq.send_signal(signal.SIGHUP)
+        else:  # it died since: say so and start another, which reads the new file
+            log.error("network: dnsmasq (pid %d) had exited with %s; restarting it", self._dnsmasq.pid,
+                      self._dnsmasq.returncode)
+            await self._start_dnsmasq()
 
     async def add_host(self, instance_id: str, mac: str, ip: str, hostname: str) -> None:
         async with self._lock:

@@ -295,8 +295,16 @@ def test_bridge_dhcp_and_metadata_through_the_dnat(tmp_path, namespaces, ic_walr
                                   "instance_id": "i-ne000003", "image_id": "emi-ne000001", "vcpus": 1,
                                   "memory_mib": 128, "private_ip": GATEWAY})], capture_output=True, text=True)
         assert bad.returncode != 0 and "400" in bad.stderr and "subnet" in bad.stderr
+        # dnsmasq dying is noticed at the next DHCP change: another is started, reading the file.
+        os.kill(new_pid, signal.SIGKILL)  # the dnsmasq the node started in our namespace
+        deadline = time.monotonic() + 10
+        while alive(new_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
         api("DELETE", "/node/v1/instances/i-ne000002")
         assert (data / "network" / "dhcp-hosts").read_text() == ""
+        new_pid = int((data / "network" / "dnsmasq.pid").read_text())
+        assert alive(new_pid) and sh("ip", "netns", "identify", str(new_pid)).strip() == node_ns
 
         # 5. Stopped with no instance left: dnsmasq, the table and the bridge it made are gone.
         assert node.stop() == 0
