@@ -33,6 +33,10 @@ from . import nodes as nodes_mod
 log = logging.getLogger("eucalypt.control.launcher")
 
 NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+# Terminate, reboot and console answer at once on a healthy node; a hung one (its process
+# stopped, the host swapping) must not hold an instance in shutting-down for the client's
+# 10-minute launch timeout.
+CALL_TIMEOUT = 30.0
 
 
 def dns_name(ip: str | None, region: str, *, public: bool = False) -> str:
@@ -241,7 +245,7 @@ class Launcher:
             done = node is None
             if not done:
                 try:
-                    await self._client(node).terminate(instance_id)
+                    await asyncio.wait_for(self._client(node).terminate(instance_id), CALL_TIMEOUT)
                     done = True
                 except NodeApiError as exc:
                     done = exc.status == 404
@@ -267,7 +271,7 @@ class Launcher:
         if node is None:
             return
         try:
-            await getattr(self._client(node), what)(instance_id)
+            await asyncio.wait_for(getattr(self._client(node), what)(instance_id), CALL_TIMEOUT)
         except NodeApiError as exc:
             if exc.status == 409:  # mid-launch on the node: the next heartbeat asks again
                 log.info("%s %s on %s: %s", what, instance_id, node_id, exc)

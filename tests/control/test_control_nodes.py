@@ -271,6 +271,10 @@ def test_node_restart_fails_lost_domains_and_keeps_serving_at_its_new_url(cloud)
         wait_for(lambda: state()["State"]["Name"] == "terminated", what="terminated")
         reason = state()["StateReason"]
         assert reason["Code"] == "Server.InternalError" and "vanished" in reason["Message"], reason
+        # ... and tells the node to drop its failed record.
+        secret = (cloud["cloud"].control_dir / "service.secret").read_text().strip()
+        wait_for(lambda: instance_id not in {d["instance_id"] for d in _node_instances(node, secret)},
+                 what="the node's failed record dropped")
         again = ec2.run_instances(ImageId=cloud["image_id"], MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
         wait_for(lambda: ec2.describe_instances(InstanceIds=[again])["Reservations"][0]["Instances"][0][
             "State"]["Name"] == "running", what="a launch at the new url")
@@ -290,3 +294,14 @@ def test_node_of_an_unknown_cluster_is_refused(cloud):
         assert "unknown cluster" in registration["last_error"]
     finally:
         node.stop()
+
+
+def _node_instances(node: ServiceProcess, secret: str) -> list[dict]:
+    import asyncio
+
+    from node.client import NodeClient
+
+    async def call():
+        async with NodeClient(node.url, secret) as client:
+            return await client.instances()
+    return asyncio.run(call())
