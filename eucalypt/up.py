@@ -31,6 +31,7 @@ from .supervisor import ChildSpec, RestartPolicy, StartFailed, Stopped, Supervis
 ADMIN_CREDENTIALS = Path("credentials") / "admin"
 NODE_WALRUS_CREDENTIALS = "walrus-credentials.toml"
 HOSTSETUP_DIR = "hostsetup"
+WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}   # listen on all -> reach via
 
 
 def add_parser(subparsers) -> None:
@@ -75,7 +76,7 @@ def free_port(host: str) -> int:
 
 def url_for(host: str, port: int) -> str:
     """The URL clients use: a wildcard listen address is reached through loopback."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    host = WILDCARD_HOSTS.get(host, host)
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
@@ -209,6 +210,7 @@ def _up(args, state: Path, run_dir: Path, log_dir: Path) -> int:
     ports = {"control": args.control_port, "walrus": args.walrus_port, "node": args.node_port}
     ports = {name: port or free_port(host) for name, port in ports.items()}
     urls = {name: url_for(host, port) for name, port in ports.items()}
+    wildcard = host in WILDCARD_HOSTS
     secret_file = dirs["control"] / "service.secret"
     node_creds = dirs["node"] / NODE_WALRUS_CREDENTIALS
     cli = (sys.executable, "-m", "eucalypt.cli")
@@ -226,7 +228,8 @@ def _up(args, state: Path, run_dir: Path, log_dir: Path) -> int:
 
         supervisor.start(ChildSpec("control", (
             *cli, "control", "--host", host, "--port", str(ports["control"]), "--data-dir", str(dirs["control"]),
-            "--walrus", urls["walrus"]), urls["control"] + "_eucalypt/health"))
+            "--walrus", urls["walrus"], *(["--public-url", urls["control"]] if wildcard else [])),
+            urls["control"] + "_eucalypt/health"))
         supervisor.start(ChildSpec("walrus", (
             *cli, "walrus", "--host", host, "--port", str(ports["walrus"]), "--data-dir", str(dirs["walrus"]),
             "--control", urls["control"], "--service-secret-file", str(secret_file)),
@@ -241,6 +244,8 @@ def _up(args, state: Path, run_dir: Path, log_dir: Path) -> int:
                      "--control", urls["control"], "--service-secret-file", str(secret_file),
                      "--walrus", urls["walrus"].rstrip("/"), "--walrus-credentials", str(node_creds),
                      "--hypervisor", choice.uri]
+        if wildcard and "--advertise-url" in known:   # control must not be told http://0.0.0.0:...
+            node_argv += ["--advertise-url", urls["node"].rstrip("/")]
         real = not choice.uri.startswith("test://")
         if is_root and real:
             for flag, value in (("--bridge", args.bridge), ("--subnet", args.subnet)):
