@@ -305,3 +305,66 @@ def _node_instances(node: ServiceProcess, secret: str) -> list[dict]:
         async with NodeClient(node.url, secret) as client:
             return await client.instances()
     return asyncio.run(call())
+
+
+# ---- reconciliation rules, on control's own store (no node needed) -----------------------------
+
+def test_reconcile_rules(tmp_path):
+    from control import instances as inst
+    from control import nodes as nodes_mod
+    from control.store import ControlStore
+    from eucalypt.clock import FakeClock
+
+    clock = FakeClock()
+    store = ControlStore(tmp_path / "state")
+    hb = nodes_mod.parse_heartbeat(_doc("nc-00000000000000e1", network={"subnet": "10.9.0.0/29",
+                                                                        "gateway": "10.9.0.1"}))
+
+    def record(instance_id: str, state: str, launch: str) -> dict:
+        return {"id": instance_id, "account": "111122223333", "node_id": hb.node_id, "state": state,
+                "launch": launch, "confirmed_at": clock.now() if launch == "confirmed" else None,
+                "vcpus": 1, "memory_mib": 256, "disk_gb": 5, "subnet": None, "private_ip": None,
+                "public_ip": None, "zone": "zone-a"}
+
+    ids = {name: f"i-{n:017x}" for n, name in enumerate(
+        ["runs", "fails", "lost", "recent", "launching", "stopping-self"], start=1)}
+
+    def setup(txn):
+        nodes_mod.record_heartbeat(txn, hb, "zone-a", clock.now())
+        subnet, ip = inst.allocate_private_ip(txn, hb.network, ids["runs"])
+        assert (subnet, ip) == ("10.9.0.0/29", "10.9.0.2")  # not the network, not the gateway
+        for name, instance_id in ids.items():
+            inst.create_instance(txn, record(instance_id, "running" if name in ("lost", "stopping-self") else
+                                             "pending", "confirmed" if name == "lost" else "sent"))
+        assert [c.cores for c in inst.capacities(txn, "zone-a", clock.now(), 5)] == [4 - len(ids)]
+    store.write_sync(setup)
+    clock.advance(6)  # past the grace for "lost"
+    store.write_sync(lambda txn: inst.confirm_launch(txn, "111122223333", ids["recent"], None, clock.now()))
+    docs = [{"instance_id": ids["runs"], "state": "running", "domain_state": "running"},
+            {"instance_id": ids["fails"], "state": "failed", "reason": "CacheFull: no room"},
+            {"instance_id": ids["launching"], "state": "pending"},
+            {"instance_id": ids["stopping-self"], "state": "running", "domain_state": "shutoff"},
+            {"instance_id": "i-0123456789abcdef0", "state": "running"}]  # not control's
+    node = {"node_id": hb.node_id}
+    actions = store.write_sync(lambda txn: inst.reconcile_node(txn, node, docs, clock.now(), grace=5))
+    with store.read() as txn:
+        got = {name: inst.get_instance(txn, "111122223333", i) for name, i in ids.items()}
+        free = inst.capacities(txn, "zone-a", clock.now(), 5)
+    assert got["runs"]["state"] == "running" and got["runs"]["launch"] == "confirmed"
+    assert got["fails"]["state"] == "terminated"
+    assert got["fails"]["state_reason"]["message"] == "Server.InternalError: CacheFull: no room"
+    assert got["lost"]["state"] == "terminated" and "no longer on its node" in got["lost"]["state_reason"]["message"]
+    assert got["recent"]["state"] == "pending"        # confirmed just now: within the grace
+    assert got["launching"]["state"] == "pending"
+    assert got["stopping-self"]["state_reason"]["code"] == "Client.InstanceInitiatedShutdown"
+    assert sorted(actions) == sorted([("terminate", hb.node_id, ids["fails"]),
+                                      ("terminate", hb.node_id, ids["stopping-self"])])
+    assert [c.cores for c in free] == [4 - 3]  # runs, recent, launching still hold a core
+    # A node that stops beating is no capacity; once terminated, an instance the node still
+    # reports is sent back to it to drop.
+    clock.advance(16)
+    with store.read() as txn:
+        assert inst.capacities(txn, "zone-a", clock.now(), 5) == []
+    again = store.write_sync(lambda txn: inst.reconcile_node(txn, node, docs[1:2], clock.now(), grace=5))
+    assert again == [("terminate", hb.node_id, ids["fails"])]
+    store.close()
