@@ -14,11 +14,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
-import os
 from dataclasses import dataclass
 
 from .domainxml import NAMESPACE, parse_metadata
 from .errors import HypervisorError
+from .hostsetup import choose_domain_type
 
 
 class DomainState(enum.Enum):
@@ -65,10 +65,6 @@ class Hypervisor(abc.ABC):
     async def close(self) -> None: ...
 
 
-def kvm_usable() -> bool:
-    return os.access("/dev/kvm", os.R_OK | os.W_OK)
-
-
 class LibvirtHypervisor(Hypervisor):
     def __init__(self, uri: str, *, domain_type: str | None = None) -> None:
         import libvirt
@@ -81,7 +77,8 @@ class LibvirtHypervisor(Hypervisor):
             self._conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"cannot connect to {uri}: {exc}") from exc
-        self.domain_type = domain_type or ("kvm" if kvm_usable() else "qemu")
+        # kvm only where guests really run under it (node/hostsetup.py says how that is told).
+        self.domain_type = domain_type or choose_domain_type(self._conn.getCapabilities())
         self._lock = asyncio.Lock()
 
     async def _call(self, what: str, fn, *args):
