@@ -25,6 +25,15 @@ Life cycle (EC2 names and codes)::
 409 if it has the instance already), "confirmed" (the node said it runs it, directly or
 in a heartbeat). Only a confirmed instance the node stops reporting is declared lost.
 
+Reconciliation (``reconcile_node``, on every heartbeat), for the instances placed on the
+node: node "running" -> running; node "failed" -> terminated, stateReason
+"Server.InternalError: <the node's reason>"; a domain that shut itself off ->
+terminated (Client.InstanceInitiatedShutdown, as EC2 does for instance-store); a
+confirmed instance the node no longer lists (after one interval of grace) -> terminated
+with that reason; shutting-down and gone -> terminated. What the node still holds but
+control has finished with comes back as a "terminate" follow-up for the launcher. A
+pending launch whose node went unreachable may move to another node (``move_launch``).
+
 Every function here runs inside a transaction and does no I/O; launcher.py talks to nodes.
 """
 
