@@ -199,10 +199,15 @@ async def handle_heartbeat(service, request: web.Request) -> web.Response:
     grace = service.config.heartbeat_interval
 
     def mutate(txn):
+        old = get_node(txn, hb.node_id)
         node = record_heartbeat(txn, hb, cluster, now)
-        return node, reconcile_node(txn, node, hb.instances, now, grace=grace)
+        return old, node, reconcile_node(txn, node, hb.instances, now, grace=grace)
 
-    node, actions = await service.store.write(mutate)
+    old, node, actions = await service.store.write(mutate)
+    if old is None or old["url"] != node["url"] or old["started"] != node["started"]:
+        log.info("node %s registered at %s in %s", hb.node_id, hb.url, cluster)
+    elif old.get("unreachable_since") is not None:
+        log.info("node %s is back after %.0f s without a heartbeat", hb.node_id, now - old["last_seen"])
     if service.launcher is not None:
         service.launcher.node_seen(node, actions)
     return web.json_response({"node_id": hb.node_id, "cluster": cluster,
