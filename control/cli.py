@@ -20,7 +20,7 @@ from eucalypt.service import resolve_settings, run_service, serve_until_signalle
 
 CONTROL_DEFAULTS = {"host": "127.0.0.1", "port": 8773, "data_dir": Path("./var/control"), "walrus": None,
                     "region": "eucalyptus", "zones": [], "public_url": None, "public_ips": [],
-                    "heartbeat_interval": 5.0, "terminated_retention": 3600.0}
+                    "heartbeat_interval": 5.0, "terminated_retention": 3600.0, "launch_timeout": 300.0}
 
 
 def add_parser(subparsers) -> None:
@@ -47,6 +47,8 @@ def add_parser(subparsers) -> None:
                    help="seconds between node heartbeats; a node is unreachable after 3 missed [5]")
     p.add_argument("--terminated-retention", type=float,
                    help="seconds terminated instances stay visible [3600]")
+    p.add_argument("--launch-timeout", type=float,
+                   help="seconds a launch waits for an unreachable node before it fails [300]")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_run_control)
     _admin_parser(subparsers)
@@ -76,7 +78,8 @@ async def _serve(settings: dict) -> int:
                            walrus_url=settings["walrus"], region=settings["region"],
                            zones=tuple(settings["zones"] or ()), public_url=settings["public_url"],
                            public_ips=public_ips, heartbeat_interval=float(settings["heartbeat_interval"]),
-                           terminated_retention=float(settings["terminated_retention"]))
+                           terminated_retention=float(settings["terminated_retention"]),
+                           launch_timeout=float(settings["launch_timeout"]))
     server = ControlServer(config)
     await server.start()
     print(f"control: listening on {server.url}", flush=True)
