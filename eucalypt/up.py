@@ -180,9 +180,9 @@ def _say(text: str) -> None:
     print(f"eucalypt up: {text}", flush=True)
 
 
-def _loud(text: str) -> None:
+def _loud(text: str) -> str:
     bar = "!" * 78
-    print(f"{bar}\n!! WARNING: {text}\n{bar}", flush=True)
+    return f"{bar}\n!! WARNING: {text}\n{bar}"
 
 
 def run_up(args) -> int:
@@ -283,6 +283,8 @@ def _ready(state: Path, urls: dict, choice, creds_dir: Path, how: str, log_dir: 
     hypervisor = choice.uri + (f", domain type {choice.domain_type}" if choice.domain_type else "")
     creds_note = {"written": "written now", "rewritten": "rewritten for the new endpoints",
                   "kept": "as before"}[how]
+    # The fallback warning again, where it cannot scroll away unseen.
+    warning = _loud(choice.warning) + "\n" if choice.warning else ""
     print(f"""\
 eucalypt up: ready
   EC2 (control)  {urls['control']}
@@ -294,9 +296,7 @@ eucalypt up: ready
 To use the cloud:
   source {creds_dir}/eucarc
   aws --endpoint-url $EC2_URL ec2 describe-availability-zones
-Ctrl-C stops it.""", flush=True)
-    if choice.warning:   # again, where it cannot scroll away unseen
-        _loud(choice.warning)
+{warning}Ctrl-C stops it.""", flush=True)
 
 
 __all__ = ["add_parser", "run_up"]
