@@ -240,3 +240,26 @@ def test_no_usable_hypervisor_falls_back_to_the_test_driver_loudly(tmp_path):
         assert "--hypervisor test:///default" in (tmp_path / "state" / "logs" / "node.log").read_text()
     finally:
         assert cloud.stop() == 0
+
+
+def test_a_service_that_keeps_crashing_makes_up_give_up_with_status_1(tmp_path):
+    cloud = start_up(tmp_path / "state", "--max-fast-crashes", "2")
+    try:
+        first = cloud.pid("node")
+        os.kill(first, signal.SIGKILL)
+
+        def restarted():
+            try:
+                return (pid := cloud.pid("node")) != first and pid
+            except (OSError, ValueError):
+                return False
+        second = wait_for(restarted, 60, "the node to be restarted")
+        others = [cloud.pid("control"), cloud.pid("walrus")]
+        os.kill(second, signal.SIGKILL)
+        assert cloud.process.wait(60) == 1
+        text = cloud.output()
+        assert "node crashed 2 times in a row" in text and "giving up" in text
+        assert "eucalypt up: exiting with status 1" in text
+        assert not any(alive(p) for p in others)
+    finally:
+        cloud.stop()
