@@ -218,6 +218,9 @@ def test_tags_on_groups_and_key_pairs(alice):
     assert code_of(e) == "InvalidGroup.NotFound"
     with pytest.raises(botocore.exceptions.ClientError) as e:
         alice.create_tags(Resources=["i-12345678"], Tags=[{"Key": "a", "Value": "b"}])
+    assert code_of(e) == "InvalidInstanceID.NotFound"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        alice.create_tags(Resources=["vol-12345678"], Tags=[{"Key": "a", "Value": "b"}])
     assert code_of(e) == "InvalidID"
     with pytest.raises(botocore.exceptions.ClientError) as e:
         alice.create_tags(Resources=[gid], Tags=[{"Key": "aws:x", "Value": "b"}])

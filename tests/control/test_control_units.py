@@ -56,4 +56,8 @@ def test_dispatch_table():
             "DeleteSecurityGroup", "DescribeSecurityGroups", "AuthorizeSecurityGroupIngress",
             "AuthorizeSecurityGroupEgress", "RevokeSecurityGroupIngress", "RevokeSecurityGroupEgress",
             "CreateTags", "DeleteTags", "DescribeTags", "DescribeRegions", "DescribeAvailabilityZones",
-            "DescribeInstanceTypes", "DescribeServiceCertificates"} == set(ACTIONS)
+            "DescribeInstanceTypes", "DescribeServiceCertificates", "RegisterImage", "DescribeImages",
+            "DescribeImageAttribute", "ModifyImageAttribute", "ResetImageAttribute", "DeregisterImage",
+            "RunInstances", "DescribeInstances", "DescribeInstanceStatus", "TerminateInstances",
+            "RebootInstances", "StopInstances", "StartInstances", "GetConsoleOutput", "AllocateAddress",
+            "AssociateAddress", "DisassociateAddress", "ReleaseAddress", "DescribeAddresses"} == set(ACTIONS)
