@@ -25,7 +25,7 @@ NODE_DEFAULTS = {"host": "127.0.0.1", "port": 8775, "data_dir": Path("./var/node
                  "cluster": None, "hypervisor": "qemu:///system", "walrus": ["http://127.0.0.1:8774"],
                  "bucket": "eucalypt-images", "service_secret_file": None, "walrus_credentials": None,
                  "walrus_region": "us-east-1", "bridge": None, "cache_limit": "16G",
-                 "fetch_concurrency": 8, "cores": 0, "memory_mib": 0, "subnet": None,
+                 "fetch_concurrency": 8, "cores": 0, "memory_mib": 0, "disk_gb": 0, "subnet": None,
                  "manage_network": None, "metadata_host": None, "metadata_port": 8776, "advertise_url": None,
                  "heartbeat_interval": 5.0}
 
@@ -84,6 +84,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--fetch-concurrency", type=int, help="ranged GETs in flight per image [8]")
     p.add_argument("--cores", type=int, help="cores to offer (0: the host's)")
     p.add_argument("--memory-mib", type=int, help="memory to offer in MiB (0: the host's)")
+    p.add_argument("--disk-gb", type=int, help="instance disk to offer in GiB (0: what the data dir's "
+                                              "file system has)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_run_node)
 
@@ -124,6 +126,7 @@ def _node_config(settings, secret, access, secret_key, urls, manage):
         bridge=settings["bridge"], cache_limit=parse_size(settings["cache_limit"]),
         fetch=FetchPolicy(concurrency=int(settings["fetch_concurrency"])),
         cores=int(settings["cores"]) or None, memory_mib=int(settings["memory_mib"]) or None,
+        disk_bytes=(int(settings["disk_gb"]) << 30) or None,
         subnet=settings["subnet"], manage_network=manage, metadata_host=settings["metadata_host"],
         metadata_port=int(settings["metadata_port"]), advertise_url=settings["advertise_url"],
         heartbeat_interval=float(settings["heartbeat_interval"]))

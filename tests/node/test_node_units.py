@@ -98,7 +98,8 @@ def test_cli_starts_a_node_on_the_test_driver(tmp_path, walrus):
     proc = subprocess.Popen([sys.executable, "-m", "node.cli", "node", "--port", "0", "--data-dir",
                              str(tmp_path / "node"), "--control", "http://127.0.0.1:8773", "--cluster", "zone-a",
                              "--hypervisor", "test:///default", "--walrus", walrus.url,
-                             "--service-secret-file", str(secret), "--walrus-credentials", str(creds)],
+                             "--service-secret-file", str(secret), "--walrus-credentials", str(creds),
+                             "--metadata-port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         line = proc.stdout.readline().decode()
