@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -17,10 +18,18 @@ class NodeApiError(Exception):
 
 
 class NodeClient:
-    def __init__(self, url: str, secret: str, *, timeout: float = 600, clock=None) -> None:
+    """Calls to one node. At most `max_in_flight` at once, each signed only when it is about
+    to be sent: a burst of calls (control launching thousands of instances) waits here,
+    not signed in a connection queue, where its date would go stale past the node's
+    5-minute skew limit."""
+
+    def __init__(self, url: str, secret: str, *, timeout: float = 600, clock=None,
+                 max_in_flight: int = 32) -> None:
         self.url, self.secret = url.rstrip("/"), secret
         self._clock = clock
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+        self._gate = asyncio.Semaphore(max_in_flight)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
+                                              connector=aiohttp.TCPConnector(limit=max_in_flight))
 
     async def close(self) -> None:
         await self._session.close()
@@ -33,16 +42,17 @@ class NodeClient:
 
     async def call(self, method: str, path: str, body: dict | None = None) -> dict:
         raw = b"" if body is None else json.dumps(body).encode()
-        now = self._clock.now() if self._clock else time.time()
-        headers = signed_headers(self.secret, method, path, raw, now)
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        async with self._session.request(method, self.url + path, data=raw, headers=headers) as reply:
-            doc = await reply.json(content_type=None)
-            if reply.status >= 400:
-                err = (doc or {}).get("error", {})
-                raise NodeApiError(reply.status, err.get("code", ""), err.get("message", ""))
-            return doc
+        async with self._gate:
+            now = self._clock.now() if self._clock else time.time()
+            headers = signed_headers(self.secret, method, path, raw, now)
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            async with self._session.request(method, self.url + path, data=raw, headers=headers) as reply:
+                doc = await reply.json(content_type=None)
+                if reply.status >= 400:
+                    err = (doc or {}).get("error", {})
+                    raise NodeApiError(reply.status, err.get("code", ""), err.get("message", ""))
+                return doc
 
     async def resources(self) -> dict:
         return await self.call("GET", "/node/v1/resources")
