@@ -166,6 +166,13 @@ def test_bundle_register_run_boot_end_to_end(demo_images, tmp_path):
         public_key = _openssh_public(Path(demo["private_key"]))
         assert public_key.split()[1] in console, console[-3000:]
         assert f"user-data says {token}" in console
+        # ... and is reachable on its private address (from the node's side of the bridge,
+        # inside the namespace).
+        described = ec2("describe-instances", "--instance-ids", instance)["Reservations"][0]["Instances"][0]
+        private_ip = described["PrivateIpAddress"]
+        assert private_ip and private_ip in console
+        ping = ns.run("ping", "-c", "3", "-W", "2", private_ip, check=False)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
 
         # Step 5: a second instance of the same image moves no chunk bytes.
         def node_metric(name):
