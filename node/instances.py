@@ -229,15 +229,17 @@ class InstanceManager:
     def _put(self, record: InstanceRecord) -> InstanceRecord:
         with self.kv.write() as txn:
             txn.put(INSTANCES, record.instance_id.encode(), record.to_bytes())
-        self.metrics.instances.set(sum(1 for r in self.all() if r.state in LIVE))
         self._changed()
         return record
 
     def _delete(self, instance_id: str) -> None:
         with self.kv.write() as txn:
             txn.delete(INSTANCES, instance_id.encode())
-        self.metrics.instances.set(sum(1 for r in self.all() if r.state in LIVE))
         self._changed()
+
+    def refresh_gauges(self) -> None:
+        """At scrape time, not on every record change (that made each launch O(instances))."""
+        self.metrics.instances.set(sum(1 for r in self.all() if r.state in LIVE))
 
     def by_private_ip(self, ip: str) -> InstanceRecord | None:
         """The record holding `ip` (a live one first: a failed record keeps its address

@@ -152,6 +152,7 @@ class NodeServer:
 
     async def metrics_text(self, request):
         self.agent.cache.refresh_gauges()
+        self.agent.instances.refresh_gauges()
         return web.Response(body=self.agent.metrics.render(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
