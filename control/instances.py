@@ -42,6 +42,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 
+from . import policy
 from .scheduler import NodeCapacity
 from .store import get_json, get_text, put_json, put_text, scan_json
 from . import nodes as nodes_mod
@@ -94,12 +95,15 @@ def create_instance(txn, record: dict) -> None:
     put_text(txn, "instance_ids", record["id"], record["account"])
     if record.get("node_id"):
         put_text(txn, "node_instances", f"{record['node_id']}/{record['id']}", record["account"])
+    policy.bump(txn)
 
 
 def set_state(txn, record: dict, state: str, now: float, *, reason_code: str | None = None,
               reason: str | None = None) -> dict:
     """Move an instance to ``state`` (and write it); terminated frees its node share,
-    private IP and elastic IP."""
+    private IP and elastic IP. Entering or leaving pending/running is a policy change."""
+    if (record["state"] in policy.POLICY_STATES) != (state in policy.POLICY_STATES):
+        policy.bump(txn)
     record["state"] = state
     if reason_code is not None:
         record["state_reason"] = {"code": reason_code, "message": reason or reason_code}
@@ -306,6 +310,7 @@ def move_launch(txn, account_id: str, instance_id: str, now: float, interval: fl
     record["launch"] = "sent"
     put_instance(txn, record)
     put_text(txn, "node_instances", f"{chosen[0]}/{instance_id}", account_id)
+    policy.bump(txn)  # another node, another private IP
     if record.get("public_ip"):
         address = get_json(txn, "addresses", record["public_ip"])
         if address is not None and address.get("instance_id") == instance_id:

@@ -29,6 +29,7 @@ from node.client import NodeApiError, NodeClient
 
 from . import instances as inst
 from . import nodes as nodes_mod
+from .policy_push import notify as policy_changed
 
 log = logging.getLogger("eucalypt.control.launcher")
 
@@ -198,6 +199,7 @@ class Launcher:
                     log.warning("launch of %s on %s failed: %s", instance_id, node["node_id"], reason)
                     await self.store.write(lambda txn: inst.fail_launch(txn, account, instance_id, reason,
                                                                         self.now()))
+                    policy_changed(self.service)
                     self._spawn("cleanup", instance_id, self._node_call, node["node_id"], "terminate", instance_id)
                 break
             except NETWORK_ERRORS as exc:
@@ -213,6 +215,7 @@ class Launcher:
                     moved = await self.store.write(lambda txn: inst.move_launch(txn, account, instance_id,
                                                                                 self.now(), self.interval))
                     if moved is not None:
+                        policy_changed(self.service)
                         log.info("moving the launch of %s from unreachable %s to %s", instance_id,
                                  node["node_id"], moved[1]["node_id"])
                         record, node = moved
@@ -262,6 +265,7 @@ class Launcher:
                     if current is not None and current["state"] == "shutting-down":
                         inst.set_state(txn, current, "terminated", self.now())
                 await self.store.write(finish)
+                policy_changed(self.service)
                 return
             await asyncio.sleep(self.retry_delay)
 

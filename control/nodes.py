@@ -12,7 +12,8 @@ launcher after the commit.
 Node record (JSON, key NODEID):
 
     {"node_id", "url", "cluster", "started", "resources", "images", "network",
-     "instance_ids": [ids the node reported], "first_seen", "last_seen",
+     "instance_ids": [ids the node reported], "policy_version": the network policy
+     version it reported applying (policy_push.py), "first_seen", "last_seen",
      "unreachable_since": null | time the sweep noticed 3 missed intervals}
 
 Reachability is a function of ``last_seen`` and the clock (``reachable``), so it is right
@@ -59,6 +60,7 @@ class Heartbeat:
     images: tuple[str, ...]
     instances: tuple[dict, ...]
     network: dict
+    policy_version: int = 0  # the network policy version the node applied (absent: 0)
 
 
 def parse_heartbeat(doc) -> Heartbeat:
@@ -94,8 +96,11 @@ def parse_heartbeat(doc) -> Heartbeat:
         started = float(doc.get("started") or 0)
     except (TypeError, ValueError, AttributeError):
         raise bad("resources.cores/memory_mib.total and started must be numbers") from None
+    policy_version = doc.get("policy_version") or 0
+    if not isinstance(policy_version, int) or isinstance(policy_version, bool) or policy_version < 0:
+        raise bad("policy_version must be a non-negative integer")
     return Heartbeat(node_id, url.rstrip("/"), cluster, started, resources, tuple(images), tuple(instances),
-                     {k: network.get(k) for k in ("bridge", "subnet", "gateway")})
+                     {k: network.get(k) for k in ("bridge", "subnet", "gateway")}, policy_version)
 
 
 def assign_cluster(requested: str | None, zones: tuple[str, ...]) -> str:
@@ -110,7 +115,7 @@ def record_heartbeat(txn, hb: Heartbeat, cluster: str, now: float) -> dict:
     old = get_json(txn, "nodes", hb.node_id) or {}
     record = {"node_id": hb.node_id, "url": hb.url, "cluster": cluster, "started": hb.started,
               "resources": hb.resources, "images": list(hb.images), "network": hb.network,
-              "instance_ids": [d["instance_id"] for d in hb.instances],
+              "instance_ids": [d["instance_id"] for d in hb.instances], "policy_version": hb.policy_version,
               "first_seen": old.get("first_seen", now), "last_seen": now, "unreachable_since": None}
     put_json(txn, "nodes", hb.node_id, record)
     return record
@@ -172,6 +177,7 @@ def mark_unreachable(txn, now: float, interval: float) -> list[str]:
 
 async def handle_heartbeat(service, request: web.Request) -> web.Response:
     """POST HEARTBEAT_PATH: verify, record, reconcile; answer the node its zone and interval."""
+    from . import policy
     from .instances import reconcile_node
 
     if (request.content_length or 0) > MAX_HEARTBEAT:
@@ -201,6 +207,8 @@ async def handle_heartbeat(service, request: web.Request) -> web.Response:
     def mutate(txn):
         old = get_node(txn, hb.node_id)
         node = record_heartbeat(txn, hb, cluster, now)
+        if hb.policy_version > policy.current_version(txn):
+            policy.raise_above(txn, hb.policy_version)  # control's state is older than the node's
         return old, node, reconcile_node(txn, node, hb.instances, now, grace=grace)
 
     old, node, actions = await service.store.write(mutate)
@@ -210,5 +218,7 @@ async def handle_heartbeat(service, request: web.Request) -> web.Response:
         log.info("node %s is back after %.0f s without a heartbeat", hb.node_id, now - old["last_seen"])
     if service.launcher is not None:
         service.launcher.node_seen(node, actions)
+    if getattr(service, "policy", None) is not None:
+        service.policy.node_reported(hb.node_id, hb.policy_version)
     return web.json_response({"node_id": hb.node_id, "cluster": cluster,
                               "heartbeat_interval": service.config.heartbeat_interval})

@@ -34,10 +34,13 @@ from .api.context import Context
 from .api.dispatch import handler_for
 from .api.params import Params
 from .api.xml import error_document, response_document
+from .console import PREFIX as CONSOLE_PREFIX
+from .console import Console
 from .datadir import DataDir, open_data_dir
 from .errors import Ec2Error
 from .identity import account_for_canonical_id, identity_for_key, list_accounts
 from .launcher import Launcher
+from .policy_push import PolicyPusher
 from .imaging import ImagePreparer
 from .metrics import ControlMetrics
 
@@ -101,6 +104,7 @@ class ControlService:
     clock: SystemClock
     public_url: str = ""
     launcher: "Launcher | None" = None  # node calls in the background (launcher.py)
+    policy: "PolicyPusher | None" = None  # network policies to the nodes (policy_push.py)
     walrus_url: str = ""
     images: ImagePreparer | None = None
 
@@ -129,6 +133,10 @@ class ControlServer:
         data = open_data_dir(self.config.data_dir, now=self.clock.now())
         self.service = ControlService(data, self.config, ControlMetrics(), self.clock)
         app = web.Application(client_max_size=MAX_BODY)
+        # The web console first (its own sub-application under /console/), then the rest:
+        # EC2 at the EC2 paths, the operational endpoints under /_eucalypt/.
+        app.add_subapp(CONSOLE_PREFIX, Console(self.service).build_app())
+        app.router.add_get(CONSOLE_PREFIX.rstrip("/"), _to_console)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -139,6 +147,9 @@ class ControlServer:
         self.service.public_url = self.config.public_url or self.url
         self.service.launcher = Launcher(self.service)
         await self.service.launcher.start()
+        self.service.policy = PolicyPusher(data.store, data.service_secret, self.clock,
+                                           interval=self.config.heartbeat_interval)
+        await self.service.policy.start()
         self.service.walrus_url = self.config.walrus_url or data.endpoints()["s3_url"]
         data.announce(self.service.public_url, self.service.walrus_url, self.config.region)
         self.service.images = ImagePreparer(
@@ -148,6 +159,8 @@ class ControlServer:
         await self.service.images.start()
 
     async def stop(self) -> None:
+        if self.service is not None and self.service.policy is not None:
+            await self.service.policy.stop()
         if self.service is not None and self.service.launcher is not None:
             await self.service.launcher.stop()
         if self._runner is not None:
@@ -272,6 +285,10 @@ class ControlServer:
             user = _lookup(txn, query)
         metrics.user_lookups.labels("found" if user else "absent").inc()
         return web.json_response({"user": user})
+
+
+async def _to_console(request: web.Request) -> web.Response:
+    raise web.HTTPMovedPermanently(CONSOLE_PREFIX)
 
 
 def _lookup(txn, query: dict) -> dict | None:

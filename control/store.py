@@ -17,6 +17,7 @@ Trees (keys are ASCII; ``A`` is a 12-digit account id):
     client_tokens    A/TOKEN -> {reservation, instance ids, request digest} (RunInstances idempotency)
     private_ips      SUBNET/IP -> INSTANCEID           (allocated from each node's subnet)
     addresses        PUBLICIP -> elastic IP record      address_ids  eipalloc-... -> PUBLICIP
+    policy           b"version" -> the network policy counter (policy.py)
     stats            the group-commit writer's persistent counters
 
 Every API write goes through ``ControlStore.write``: the mutation runs in the writer
@@ -41,7 +42,7 @@ T = TypeVar("T")
 SCHEMA = b"1"
 TREES = ("meta", "accounts", "account_names", "users", "access_keys", "canonical", "keypairs",
          "keypair_ids", "groups", "group_names", "group_ids", "tags", "nodes", "instances", "instance_ids",
-         "node_instances", "client_tokens", "private_ips", "addresses", "address_ids", "images", STATS_TREE)
+         "node_instances", "client_tokens", "private_ips", "addresses", "address_ids", "images", "policy", STATS_TREE)
 
 
 def get_json(txn: ReadTxn, tree: str, key: str) -> dict | None:

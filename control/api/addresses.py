@@ -6,9 +6,10 @@ Records (tree ``addresses``, PUBLICIP -> record; ``address_ids`` ALLOCATIONID ->
     {"public_ip", "allocation_id", "account", "domain": "standard" | "vpc",
      "instance_id" | null, "association_id" | null, "private_ip" | null, "allocated"}
 
-An association is recorded on both sides (the instance's ``public_ip``); the network
-does not enforce it yet (a later issue): the address shows as the instance's publicIp
-and in the metadata of instances launched afterwards. Terminating an instance releases
+An association is recorded on both sides (the instance's ``public_ip``) and bumps the
+network policy counter in the same transaction, as does undoing one: the pusher
+(control/policy_push.py) then moves the 1:1 NAT to the instance's node. The address
+shows as the instance's publicIp and in the metadata of instances launched afterwards. Terminating an instance releases
 its association (instances.set_state). As in EC2, a "vpc" address must be disassociated
 before it is released, and reassociated only with AllowReassociation; a "standard" one
 moves freely.
@@ -20,6 +21,7 @@ import ipaddress
 import secrets
 
 from .. import instances as inst
+from .. import policy, policy_push
 from ..errors import Ec2Error, invalid, missing
 from ..store import get_json, get_text, put_json, put_text, scan_json
 from . import tags as tags_mod
@@ -101,6 +103,7 @@ def _detach(txn, address: dict) -> None:
             inst.put_instance(txn, record)
     address.update(instance_id=None, association_id=None, private_ip=None)
     put_json(txn, "addresses", address["public_ip"], address)
+    policy.bump(txn)
 
 
 async def allocate_address(ctx: Context) -> dict:
@@ -168,9 +171,11 @@ async def associate_address(ctx: Context) -> dict:
         record.update(public_ip=address["public_ip"], allocation_id=address["allocation_id"],
                       association_id=association_id)
         inst.put_instance(txn, record)
+        policy.bump(txn)
         return association_id
 
     association_id = await ctx.store.write(mutate)
+    policy_push.notify(ctx.service)
     return {"return": True, "associationId": association_id}
 
 
@@ -193,6 +198,7 @@ async def disassociate_address(ctx: Context) -> dict:
             _detach(txn, found)
 
     await ctx.store.write(mutate)
+    policy_push.notify(ctx.service)
     return {"return": True}
 
 
@@ -210,6 +216,7 @@ async def release_address(ctx: Context) -> dict:
         delete_all_tags(txn, account, address["allocation_id"])
 
     await ctx.store.write(mutate)
+    policy_push.notify(ctx.service)
     return {"return": True}
 
 

@@ -6,8 +6,11 @@ account touches security groups and allows all traffic from its own members. Rul
 kept as a flat list of grants (protocol, port range, one source); the response groups
 them by (protocol, from, to) as EC2 does.
 
-``group_in_use`` is the single place that decides DependencyViolation on delete: today
-it checks rules of other groups that name the group; instances will add their check there.
+``group_in_use`` is the single place that decides DependencyViolation on delete: rules
+of other groups that name the group, and instances in it.
+
+A rule change bumps the network policy counter in its transaction (control/policy.py)
+and, once committed, wakes the pusher that sends the nodes their new policies.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import ipaddress
 import re
 import secrets
 
+from .. import policy, policy_push
 from ..errors import Ec2Error, invalid, missing
 from ..store import get_json, get_text, put_json, put_text, scan_json
 from .context import Context
@@ -232,8 +236,10 @@ async def _change_rules(ctx: Context, direction: str, authorize: bool) -> dict:
                 drop.add(index[ident])
             group[direction] = [r for i, r in enumerate(current) if i not in drop]
         put_json(txn, "groups", f"{account}/{group['id']}", group)
+        policy.bump(txn)
 
     await ctx.store.write(mutate)
+    policy_push.notify(ctx.service)
     return {"return": True}
 
 
@@ -282,13 +288,18 @@ async def create_security_group(ctx: Context) -> dict:
 
 
 def group_in_use(txn, account_id: str, group_id: str) -> str | None:
-    """Why the group cannot be deleted (a message), or None. Instances add their check here."""
+    """Why the group cannot be deleted (a message), or None: a rule of another group names
+    it, or an instance that is not terminated yet is in it (as in EC2). So a group a
+    node's policy refers to never disappears under it."""
     for _, other in scan_json(txn, "groups"):
         if other["id"] == group_id:
             continue
         for rule in other["ingress"] + other["egress"]:
             if rule.get("group_id") == group_id:
                 return f"resource {group_id} has a dependent object"
+    for _, record in scan_json(txn, "instances", f"{account_id}/"):
+        if record["state"] != "terminated" and any(g["id"] == group_id for g in record["groups"]):
+            return f"resource {group_id} has a dependent object"
     return None
 
 

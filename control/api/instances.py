@@ -22,6 +22,7 @@ import re
 
 from .. import instances as inst
 from .. import nodes as nodes_mod
+from .. import policy_push
 from ..errors import Ec2Error, invalid, missing
 from ..images import can_launch, get_image
 from ..launcher import dns_name
@@ -208,6 +209,8 @@ async def run_instances(ctx: Context) -> dict:
     with ctx.store.read() as txn:
         records = [r for r in (inst.get_instance(txn, account, i) for i in ids) if r is not None]
         items = [_instance_item(txn, r, ctx) for r in records]
+    if created:
+        policy_push.notify(ctx.service)
     if created and ctx.service.launcher is not None:
         ctx.service.launcher.launch(records)
     return {"reservationId": reservation_id, "ownerId": account,
@@ -460,6 +463,7 @@ async def terminate_instances(ctx: Context) -> dict:
         return out
 
     changed = await ctx.store.write(mutate)
+    policy_push.notify(ctx.service)
     if ctx.service.launcher is not None:
         ctx.service.launcher.terminate([r for r, _ in changed if r["state"] == "shutting-down"])
     return {"instancesSet": [{"instanceId": r["id"], "previousState": prev, "currentState": _state(r)}
