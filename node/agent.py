@@ -7,7 +7,8 @@ lives in the connection), and rediscovers what a previous process left: cached i
 and chunks from LMDB, instances reconciled with the hypervisor's domains. When the
 network is managed (NodeConfig.network_managed) it then brings up the bridge and DHCP
 with the live instances' entries (network.py); the NAT table needs the metadata
-service's port, so NodeServer installs it once that listens.
+service's port, so NodeServer installs it once that listens, together with the network
+policy stored in LMDB (security groups and elastic IPs, firewall.py).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from eucalypt.clock import SystemClock
 from imagecache.store import BucketStore
 from walrus.storage.kv import LmdbKV
 
-from . import cachedb, instances as instances_mod
+from . import cachedb, firewall as firewall_mod, instances as instances_mod
 from .cache import CacheLimits, NodeImageCache
 from .cachedb import CacheDB
 from .chunkstore import ChunkStore
 from .config import NodeConfig
 from .fetcher import ChunkFetcher, Sleep
+from .firewall import Firewall
 from .hypervisor import Hypervisor, LibvirtHypervisor
 from .instances import InstanceManager
 from .metrics import NodeMetrics
@@ -52,6 +54,7 @@ class NodeAgent:
         self.cache: NodeImageCache | None = None
         self.instances: InstanceManager | None = None
         self.network: NodeNetwork | None = None
+        self.firewall: Firewall | None = None
         self.rediscovered: dict = {}
 
     async def start(self) -> "NodeAgent":
@@ -59,7 +62,7 @@ class NodeAgent:
         data = c.data_dir
         data.mkdir(parents=True, exist_ok=True)
         try:
-            self.kv = LmdbKV(data / "db", cachedb.TREES + instances_mod.TREES)
+            self.kv = LmdbKV(data / "db", cachedb.TREES + instances_mod.TREES + firewall_mod.TREES)
             self._stack.callback(self.kv.close)
             stores = []
             for endpoint in c.walrus:
@@ -78,6 +81,8 @@ class NodeAgent:
                 self.network = NodeNetwork(data, c.bridge, c.subnet)
             self.instances = InstanceManager(data, self.kv, self.cache, self.hypervisor, self.metrics, self.clock,
                                              bridge=c.bridge, network=self.network)
+            self.firewall = Firewall(self.kv, self.instances, self.network, live_states=instances_mod.LIVE)
+            self.instances.firewall = self.firewall
             self.rediscovered = await self.instances.rediscover()
             if self.network is not None:
                 self._stack.push_async_callback(self._stop_network)

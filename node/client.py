@@ -92,6 +92,11 @@ class NodeClient:
     async def console(self, instance_id: str) -> dict:
         return await self.call("GET", f"/node/v1/instances/{instance_id}/console")
 
+    async def network_policy(self, doc: dict) -> dict:
+        """PUT the complete network policy (docs/node-protocol.md): {"version", "enforced"};
+        NodeApiError 409 when the node has applied a newer version, 400 when malformed."""
+        return await self.call("PUT", "/node/v1/network-policy", doc)
+
     async def metrics(self) -> str:
         async with self._session.get(self.url + "/_eucalypt/metrics") as reply:
             return await reply.text()

@@ -7,7 +7,9 @@ swap), registers the instance's MAC and address with the node network (DHCP), de
 and starts the domain, and records "running". A failure at any step undoes what the
 launch made (domain, disks, DHCP entry, pins) and leaves the record "failed" with the
 reason, until terminated. The record keeps what the metadata service serves (the
-launch's `metadata` and `user_data`), so it answers after an agent restart.
+launch's `metadata` and `user_data`), so it answers after an agent restart. The
+firewall (firewall.py) re-renders its rules before the domain starts and after a
+terminate, so a new tap is never unfiltered once a policy is in force.
 
 Every change of a record (written or deleted) calls the `on_change` listeners at once
 (synchronously, so they must be cheap: the heartbeat sets an event).
@@ -192,6 +194,13 @@ class InstanceRecord:
 _RECORD_FIELDS = {f.name for f in dataclasses.fields(InstanceRecord)}
 
 
+class InstanceFirewall(Protocol):
+    """What the instance manager needs of the firewall (firewall.py)."""
+
+    async def refresh(self) -> None:
+        """Make the rules match the live records now (never raises)."""
+
+
 class InstanceManager:
     def __init__(self, data_dir: Path, kv: KV, cache: NodeImageCache, hypervisor: Hypervisor,
                  metrics: NodeMetrics, clock, *, bridge: str | None = None,
@@ -201,6 +210,7 @@ class InstanceManager:
         self.kv, self.cache, self.hv, self.metrics, self.clock = kv, cache, hypervisor, metrics, clock
         self.bridge = bridge
         self.network = network
+        self.firewall: InstanceFirewall | None = None  # set by the agent
         self._launching: set[str] = set()
         self._listeners: list[Callable[[], None]] = []
 
@@ -325,6 +335,8 @@ class InstanceManager:
             timings["overlay"] = time.monotonic() - started
             if self.network is not None and record.private_ip:
                 await self.network.add_host(record.instance_id, record.mac, record.private_ip, record.hostname)
+            if self.firewall is not None:  # the tap's rules (locked down until the policy names it) first
+                await self.firewall.refresh()
 
             spec = DomainSpec(
                 name=req.instance_id, vcpus=req.vcpus, memory_mib=req.memory_mib, disk_path=str(disk),
@@ -346,6 +358,8 @@ class InstanceManager:
             await self._undo(req.instance_id, defined, pinned)
             self.metrics.launches.labels("failed").inc()
             self._put(replace(record, state="failed", reason=reason or type(exc).__name__))
+            if self.firewall is not None:
+                await self.firewall.refresh()
             raise
         for phase in ("fetch", "assemble", "define", "start"):
             self.metrics.launch_phase.labels(phase).observe(timings[phase])
@@ -404,6 +418,8 @@ class InstanceManager:
         shutil.rmtree(self.dir / instance_id, ignore_errors=True)
         await self._forget_address(instance_id)
         self._delete(instance_id)
+        if self.firewall is not None:
+            await self.firewall.refresh()
         if record.state in LIVE:
             for image_id in record.images.values():
                 self.cache.unpin(image_id)

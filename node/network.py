@@ -10,7 +10,8 @@ the agent when NodeConfig.network_managed (bridge + subnet set, and root or aske
                             interface, an (empty) forward filter chain for security groups
     add_host / remove_host  one "MAC,IP,hostname" line per instance in DATA/network/dhcp-hosts,
                             then SIGHUP to dnsmasq (it re-reads the file)
-    stop()                  dnsmasq stopped (by the PID we started), the table removed, the
+    stop()                  dnsmasq stopped (by the PID we started), the tables removed (this
+                            one and firewall.py's bridge table of the same name), the
                             bridge removed only if we created it and no instance of ours is
                             left on it (qemu:///system domains outlive the agent; their taps
                             would be torn off the bridge)
@@ -253,6 +254,7 @@ class NodeNetwork:
             self._dnsmasq = None
             self.pid_file.unlink(missing_ok=True)
         await run_tool("nft", "delete", "table", "ip", self.table, check=False)
+        await run_tool("nft", "delete", "table", "bridge", self.table, check=False)  # firewall.py's
         self._nat_installed = False
         if self._state().get("created_bridge"):
             if instances_left:

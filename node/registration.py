@@ -116,7 +116,8 @@ class Registration:
         return {"protocol": PROTOCOL, "node_id": self.node_id, "url": self.node_url, "cluster": self.cluster,
                 "started": self.started, "resources": agent.resources(),
                 "images": [i["image_id"] for i in agent.describe_images() if i["state"] == "ready"],
-                "instances": await agent.instances.describe_all(), "network": network}
+                "instances": await agent.instances.describe_all(), "network": network,
+                "policy_version": agent.firewall.version}
 
     async def beat(self) -> bool:
         """One heartbeat; True if control took it. Never raises (but CancelledError)."""

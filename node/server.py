@@ -19,6 +19,9 @@ stop runs it backwards.
     DELETE /node/v1/instances/{id}             terminate
     POST   /node/v1/instances/{id}/reboot
     GET    /node/v1/instances/{id}/console     {"output": base64 of the console log's tail}
+    PUT    /node/v1/network-policy             security groups + elastic IPs (firewall.py):
+                                               {"version", "enforced"}; 400 malformed, 409 older
+                                               than the version applied
 
 Errors: {"error": {"code", "message"}} with the status of the NodeError (errors.py).
 """
@@ -74,6 +77,7 @@ class NodeServer:
         r.add_delete("/node/v1/instances/{instance_id}", self.terminate)
         r.add_post("/node/v1/instances/{instance_id}/reboot", self.reboot)
         r.add_get("/node/v1/instances/{instance_id}/console", self.console)
+        r.add_put("/node/v1/network-policy", self.network_policy)
         return app
 
     async def start(self) -> "NodeServer":
@@ -82,8 +86,7 @@ class NodeServer:
         try:
             self.metadata = await MetadataServer(self.agent.instances.by_private_ip, c.metadata_bind_host,
                                                  c.metadata_port, metrics=self.agent.metrics).start()
-            if self.agent.network is not None:
-                await self.agent.network.install_nat(self.metadata.port)
+            await self.agent.firewall.install(self.metadata.port)  # NAT + the stored policy
             self._runner = web.AppRunner(self.app(), access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, c.host, c.port)
@@ -148,6 +151,7 @@ class NodeServer:
             "cached_images": len(self.agent.cache.db.images()),
             "metadata_url": self.metadata.url if self.metadata else None,
             "network": self.agent.network.describe() if self.agent.network else None,
+            "policy_version": self.agent.firewall.version,
             "registration": self.registration.status() if self.registration else None})
 
     async def metrics_text(self, request):
@@ -194,6 +198,13 @@ class NodeServer:
     async def reboot(self, request):
         record = await self.agent.instances.reboot(request.match_info["instance_id"])
         return web.json_response({"instance": {"instance_id": record.instance_id, "state": record.state}})
+
+    async def network_policy(self, request):
+        try:
+            doc = json.loads(await request.read() or b"null")
+        except ValueError as exc:
+            raise BadRequest(f"the body is not JSON: {exc}") from None
+        return web.json_response(await self.agent.firewall.set_policy(doc))
 
     async def console(self, request):
         return web.json_response(self.agent.instances.console_output(request.match_info["instance_id"]))
