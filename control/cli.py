@@ -5,6 +5,8 @@ credentials, working on control's data dir directly).
     eucalypt admin --data-dir DIR account create NAME [--email E]
     eucalypt admin --state-dir STATE user create NAME --account ACCOUNT
     eucalypt admin --data-dir DIR credentials USER --account ACCOUNT --out DIR
+    eucalypt admin --data-dir DIR user password USER --account ACCOUNT   (console password; stdin or prompt)
+    eucalypt admin --data-dir DIR request list [--all] | approve ID | reject ID --reason TEXT
 
 `--state-dir STATE` means the control data dir STATE/control (the layout of `eucalypt up`).
 """
@@ -99,7 +101,7 @@ def _admin_parser(subparsers) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--data-dir", type=Path, help="control's data dir")
     where.add_argument("--state-dir", type=Path, help="the state dir of `eucalypt up` (uses STATE/control)")
-    sub = p.add_subparsers(dest="what", metavar="account|user|credentials", required=True)
+    sub = p.add_subparsers(dest="what", metavar="account|user|credentials|request", required=True)
 
     account = sub.add_parser("account", help="accounts").add_subparsers(dest="verb", required=True)
     c = account.add_parser("create", help="create an account; prints its id")
@@ -116,6 +118,8 @@ def _admin_parser(subparsers) -> None:
     user.add_parser("list", help="list users (of --account, or all)").add_argument("--account", "-a")
     for verb in ("disable", "enable"):
         user.add_parser(verb, parents=[acct], help=f"{verb} a user").add_argument("name")
+    user.add_parser("password", parents=[acct],
+                    help="set the user's web console password (read from stdin, or prompted twice)").add_argument("name")
     keys = user.add_parser("keys", help="access keys").add_subparsers(dest="key_verb", required=True)
     keys.add_parser("list", parents=[acct], help="list a user's keys").add_argument("name")
     keys.add_parser("create", parents=[acct], help="add an access key (at most 2)").add_argument("name")
@@ -124,6 +128,15 @@ def _admin_parser(subparsers) -> None:
     d = keys.add_parser("delete", parents=[acct], help="delete an access key")
     d.add_argument("name")
     d.add_argument("access_key")
+
+    req = sub.add_parser("request", help="account requests from the web console").add_subparsers(
+        dest="verb", required=True)
+    req.add_parser("list", help="list pending requests").add_argument("--all", action="store_true",
+                                                                       help="decided ones too")
+    req.add_parser("approve", help="create the account, user and access key").add_argument("id")
+    r = req.add_parser("reject", help="reject a request (the requester sees the reason)")
+    r.add_argument("id")
+    r.add_argument("--reason", required=True)
 
     cred = sub.add_parser("credentials", parents=[acct], help="write a user's credentials directory")
     cred.add_argument("name", help="user name")
@@ -134,6 +147,8 @@ def _admin_parser(subparsers) -> None:
 
 
 def _run_admin(args) -> int:
+    from .console.passwords import WeakPassword
+    from .console.requests import RequestError
     from .datadir import open_data_dir
     from .identity import IdentityError
 
@@ -147,7 +162,7 @@ def _run_admin(args) -> int:
     data = open_data_dir(path)
     try:
         return _admin(args, data)
-    except IdentityError as exc:
+    except (IdentityError, RequestError, WeakPassword) as exc:
         print(f"eucalypt admin: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -174,6 +189,8 @@ def _admin(args, data) -> int:
     def account_id(txn) -> str:
         return ids.account_by_name(txn, args.account).id
 
+    if args.what == "request":
+        return _admin_request(args, data)
     if args.what == "credentials":
         out = write_credentials(data, args.account, args.name, args.out, ec2_url=args.ec2_url, s3_url=args.s3_url)
         print(f"credentials for {args.account}/{args.name} in {out}")
@@ -181,6 +198,8 @@ def _admin(args, data) -> int:
     if args.verb == "create":
         user, key = store.write_sync(lambda t: ids.create_user(t, account_id(t), args.name, now=now))
         print(f"{user.name}\t{key.access_key}\t{key.secret_key}")
+    elif args.verb == "password":
+        _set_password(data, args.account, args.name)
     elif args.verb == "list":
         with store.read() as txn:
             accounts = {a.id: a.name for a in ids.list_accounts(txn)}
@@ -205,6 +224,49 @@ def _admin(args, data) -> int:
             print(f"deleted the oldest key {dropped}", file=sys.stderr)
     elif args.key_verb == "delete":
         store.write_sync(lambda t: ids.delete_access_key(t, account_id(t), args.name, args.access_key))
+    return 0
+
+
+def _read_password() -> str:
+    import getpass
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("console password: ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("eucalypt admin: the two passwords differ")
+    return first
+
+
+def _set_password(data, account_name: str, user_name: str) -> None:
+    from . import identity as ids
+    from .console import passwords
+
+    with data.store.read() as txn:  # the user must exist before we ask for anything
+        ids.get_user(txn, ids.account_by_name(txn, account_name).id, user_name)
+    password = _read_password()
+    passwords.check_strength(password, names=(account_name, user_name))
+    encoded = passwords.hash_password(password)
+    data.store.write_sync(lambda t: passwords.set_hash(
+        t, ids.account_by_name(t, account_name).id, user_name, encoded, now=time.time()))
+    print(f"console password of {account_name}/{user_name} set")
+
+
+def _admin_request(args, data) -> int:
+    from .console import requests
+
+    store, now, by = data.store, time.time(), "cli"
+    if args.verb == "list":
+        with store.read() as txn:
+            for r in requests.list_requests(txn, None if args.all else "pending"):
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["created"]))
+                print(f"{r['id']}\t{r['state']}\t{r['account']}\t{r['user']}\t{r['email']}\t{when}"
+                      + (f"\t{r['reason']}" if r["reason"] else ""))
+    elif args.verb == "approve":
+        r = store.write_sync(lambda t: requests.approve(t, args.id, now=now, decided_by=by))
+        print(f"approved {r['id']}: account {r['account']} ({r['account_id']}), user {r['user']}")
+    else:
+        r = store.write_sync(lambda t: requests.reject(t, args.id, args.reason, now=now, decided_by=by))
+        print(f"rejected {r['id']}")
     return 0
 
 

@@ -34,6 +34,8 @@ from .api.context import Context
 from .api.dispatch import handler_for
 from .api.params import Params
 from .api.xml import error_document, response_document
+from .console import PREFIX as CONSOLE_PREFIX
+from .console import Console
 from .datadir import DataDir, open_data_dir
 from .errors import Ec2Error
 from .identity import account_for_canonical_id, identity_for_key, list_accounts
@@ -131,6 +133,10 @@ class ControlServer:
         data = open_data_dir(self.config.data_dir, now=self.clock.now())
         self.service = ControlService(data, self.config, ControlMetrics(), self.clock)
         app = web.Application(client_max_size=MAX_BODY)
+        # The web console first (its own sub-application under /console/), then the rest:
+        # EC2 at the EC2 paths, the operational endpoints under /_eucalypt/.
+        app.router.add_get(CONSOLE_PREFIX.rstrip("/"), _to_console)
+        app.add_subapp(CONSOLE_PREFIX, Console(self.service).build_app())
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -279,6 +285,10 @@ class ControlServer:
             user = _lookup(txn, query)
         metrics.user_lookups.labels("found" if user else "absent").inc()
         return web.json_response({"user": user})
+
+
+async def _to_console(request: web.Request) -> web.Response:
+    raise web.HTTPMovedPermanently(CONSOLE_PREFIX)
 
 
 def _lookup(txn, query: dict) -> dict | None:

@@ -18,6 +18,8 @@ Trees (keys are ASCII; ``A`` is a 12-digit account id):
     private_ips      SUBNET/IP -> INSTANCEID           (allocated from each node's subnet)
     addresses        PUBLICIP -> elastic IP record      address_ids  eipalloc-... -> PUBLICIP
     policy           b"version" -> the network policy counter (policy.py)
+    account_requests REQUESTID -> a visitor's account request (console/requests.py)
+    console_passwords A/USER -> the user's console password hash (console/passwords.py)
     stats            the group-commit writer's persistent counters
 
 Every API write goes through ``ControlStore.write``: the mutation runs in the writer
@@ -42,7 +44,8 @@ T = TypeVar("T")
 SCHEMA = b"1"
 TREES = ("meta", "accounts", "account_names", "users", "access_keys", "canonical", "keypairs",
          "keypair_ids", "groups", "group_names", "group_ids", "tags", "nodes", "instances", "instance_ids",
-         "node_instances", "client_tokens", "private_ips", "addresses", "address_ids", "images", "policy", STATS_TREE)
+         "node_instances", "client_tokens", "private_ips", "addresses", "address_ids", "images",
+         "account_requests", "console_passwords", "policy", STATS_TREE)
 
 
 def get_json(txn: ReadTxn, tree: str, key: str) -> dict | None:
