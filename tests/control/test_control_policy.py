@@ -491,3 +491,118 @@ def test_pusher_skips_an_agent_without_the_endpoint_and_quiet_nodes(cloud):
 def node_url(cloud) -> str:
     with cloud.store.read() as txn:
         return nodes_mod.get_node(txn, Cloud.NODE_A)["url"]
+
+
+# ---- end to end: a real control, Walrus and two `eucalypt node`s (libvirt's test driver) ----------
+
+def node_policy_copy(node) -> dict | None:
+    """The policy a node keeps (its LMDB copy, tree network_policy, key current)."""
+    import json
+
+    import lmdb
+
+    env = lmdb.open(str(node.data_dir / "db"), readonly=True, max_dbs=16)
+    try:
+        with env.begin() as txn:
+            db = env.open_db(b"network_policy", txn=txn, create=False)
+            raw = txn.get(b"current", db=db)
+    except lmdb.NotFoundError:
+        return None
+    finally:
+        env.close()
+    return json.loads(raw) if raw is not None else None
+
+
+def test_policies_reach_real_nodes_and_survive_restarts(tmp_path):
+    from controltest import start_control
+    from test_control_nodes import make_cloud, node_health, start_node, wait_for, wait_registered
+
+    pool = "198.51.100.10-198.51.100.20"
+    env = make_cloud(tmp_path, control_extra=["--public-ips", pool])
+    cloud, ec2_a, ec2_b = env["cloud"], env["ec2_a"], env["ec2_b"]
+    nodes = {}
+    try:
+        nodes["one"] = start_node(tmp_path, cloud, "node-1", cores=2, subnet="10.211.0.0/24")
+        if "policy_version" not in node_health(nodes["one"]):
+            pytest.skip("this node agent does not implement PUT /node/v1/network-policy yet")
+        web = ec2_a.create_security_group(GroupName="web", Description="web")["GroupId"]
+        db = ec2_a.create_security_group(GroupName="db", Description="db")["GroupId"]
+
+        def run(group):
+            made = ec2_a.run_instances(ImageId=env["image_id"], MinCount=1, MaxCount=1, SecurityGroups=[group])
+            return made["Instances"][0]["InstanceId"]
+
+        first = {"web": run("web"), "db": run("db")}          # node-1 is full now
+        nodes["two"] = start_node(tmp_path, cloud, "node-2", cores=2, subnet="10.212.0.0/24")
+        second = {"web": run("web"), "db": run("db")}
+        found = {i["InstanceId"]: i for r in ec2_a.describe_instances()["Reservations"] for i in r["Instances"]}
+        assert all(found[i]["PrivateIpAddress"].startswith("10.211.") for i in first.values())
+        assert all(found[i]["PrivateIpAddress"].startswith("10.212.") for i in second.values())
+        wait_for(lambda: {i["State"]["Name"] for r in ec2_a.describe_instances()["Reservations"]
+                          for i in r["Instances"]} == {"running"}, what="four running instances")
+
+        ec2_a.authorize_security_group_ingress(GroupId=db, IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432, "UserIdGroupPairs": [{"GroupId": web}]}])
+        web_ips = sorted(found[i]["PrivateIpAddress"] for i in (first["web"], second["web"]))
+
+        def has_rule(node, instances):
+            doc = node_policy_copy(node)
+            if not doc or set(doc["instances"]) != set(instances) or db not in doc["groups"]:
+                return None
+            if {"protocol": "tcp", "from_port": 5432, "to_port": 5432, "cidrs": [], "groups": [web]} not in \
+                    doc["groups"][db]["ingress"]:
+                return None
+            return doc
+
+        doc_one = wait_for(lambda: has_rule(nodes["one"], first.values()), what="the rule on node-1")
+        doc_two = wait_for(lambda: has_rule(nodes["two"], second.values()), what="the rule on node-2")
+        for doc, mine in ((doc_one, first), (doc_two, second)):
+            assert sorted(doc["members"][web]) == web_ips        # web servers on both nodes
+            assert doc["instances"][mine["db"]]["groups"] == [db]
+            assert doc["groups"][web]["egress"] == [ALL_OUT]
+        # The node reports what it applied, in its health and to control in its heartbeats.
+        wait_for(lambda: node_health(nodes["one"])["policy_version"] == doc_one["version"] or
+                 node_policy_copy(nodes["one"])["version"] > doc_one["version"], what="node-1's version")
+
+        # Elastic IP: the NAT goes where the association goes.
+        public = ec2_a.allocate_address()["PublicIp"]
+
+        def public_ip_of(node, instance_id):
+            return ((node_policy_copy(node) or {}).get("instances", {}).get(instance_id) or {}).get("public_ip")
+
+        ec2_a.associate_address(InstanceId=first["web"], PublicIp=public)
+        wait_for(lambda: public_ip_of(nodes["one"], first["web"]) == public, what="the public IP on node-1")
+        ec2_a.associate_address(InstanceId=second["web"], PublicIp=public)
+        wait_for(lambda: public_ip_of(nodes["two"], second["web"]) == public and
+                 public_ip_of(nodes["one"], first["web"]) is None, what="the public IP moved to node-2")
+        ec2_a.disassociate_address(PublicIp=public)
+        wait_for(lambda: public_ip_of(nodes["two"], second["web"]) is None, what="the public IP gone")
+        version = max(node_policy_copy(nodes["one"])["version"], node_policy_copy(nodes["two"])["version"])
+
+        # Restart control: the counter goes on from where it was; a node that missed a
+        # change (it was down) reports its older version and gets the newer one.
+        port = cloud.control.port
+        cloud.control.stop()
+        nodes["two"].stop()
+        cloud.control = start_control(cloud.control_dir, port=port, extra=[
+            "--walrus", cloud.walrus.url, "--heartbeat-interval", "0.5", "--public-ips", pool])
+        ec2_a.authorize_security_group_ingress(GroupId=db, IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 6432, "ToPort": 6432, "IpRanges": [{"CidrIp": "192.0.2.0/24"}]}])
+
+        def version_with_6432(node):
+            doc = node_policy_copy(node) or {}
+            ingress = doc.get("groups", {}).get(db, {}).get("ingress", [])
+            return doc["version"] if any(r["from_port"] == 6432 for r in ingress) else None
+
+        after = wait_for(lambda: version_with_6432(nodes["one"]), what="the new rule on node-1 after the restart")
+        assert after > version
+        stale = node_policy_copy(nodes["two"])["version"]
+        assert stale < after
+        nodes["two"] = start_node(tmp_path, cloud, "node-2", cores=2, subnet="10.212.0.0/24")
+        wait_registered(nodes["two"])
+        wait_for(lambda: node_policy_copy(nodes["two"])["version"] >= after, what="node-2 brought up to date")
+        assert ec2_b.describe_security_groups()["SecurityGroups"][0]["GroupName"] == "default"
+    finally:
+        for node in nodes.values():
+            node.stop()
+        cloud.stop()
