@@ -32,7 +32,7 @@ log = logging.getLogger("eucalypt.control.console")
 
 PREFIX = "/console/"
 ACCOUNT_FAILURES, ADDRESS_FAILURES, FAILURE_WINDOW = 5, 20, 900.0
-REQUESTS_PER_ADDRESS, REQUEST_WINDOW = 10, 3600.0
+REQUESTS_PER_ADDRESS, REQUEST_WINDOW = 30, 3600.0  # account requests an address may file
 MESSAGES = {  # ?done=CODE after a successful POST: fixed texts, nothing secret in a URL
     "approved": "The request was approved: the account, its user and an access key now exist.",
     "rejected": "The request was rejected.",
