@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= ./var
 # Debian/Ubuntu packages the project needs at run and test time.
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev qemu-utils openssl gzip tar e2fsprogs curl \
-                qemu-system-x86 libvirt-daemon-system libvirt-clients dnsmasq-base nftables iproute2 cpio iputils-ping
+                qemu-system-x86 libvirt-daemon-system libvirt-clients dnsmasq-base nftables iproute2 cpio chromium iputils-ping
 
 .PHONY: setup apt run demo test bench clean
 
