@@ -129,3 +129,34 @@ def eucarc_environment(folder: Path, home: Path) -> dict[str, str]:
     out = dict(item.split("=", 1) for item in done.stdout.decode().split("\0") if "=" in item)
     out["PATH"] = f"{Path(sys.executable).parent}:{out.get('PATH', '')}"
     return out
+
+
+def start_test_node(root: Path, cloud, name: str, *, cores: int = 8, memory_mib: int = 4096):
+    """A real `eucalypt node` on libvirt's test driver, heartbeating to the cloud's control
+    (as tests/control does); returns once it reports itself registered."""
+    import json
+    import time
+    import urllib.request
+
+    from controltest import admin
+    from walrustest import start_service
+
+    admin(cloud.control_dir, "credentials", "admin", "--account", "eucalyptus", "--out", str(root / "admin-creds"))
+    text = (root / "admin-creds" / "eucarc").read_text()
+    values = dict(re.findall(r"^export (AWS_ACCESS_KEY_ID|AWS_SECRET_ACCESS_KEY)=['\"]?([^'\"\n]*)", text, re.M))
+    creds = root / "walrus-creds.toml"
+    creds.write_text(f'access_key = "{values["AWS_ACCESS_KEY_ID"]}"\nsecret_key = "{values["AWS_SECRET_ACCESS_KEY"]}"\n')
+    node = start_service("node", root / name, [
+        "--control", cloud.control.url, "--hypervisor", "test:///default", "--walrus", cloud.walrus.url,
+        "--service-secret-file", str(cloud.control_dir / "service.secret"), "--walrus-credentials", str(creds),
+        "--cores", str(cores), "--memory-mib", str(memory_mib), "--metadata-port", "0",
+        "--subnet", "10.213.0.0/24"])
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(node.url.rstrip("/") + "/_eucalypt/health", timeout=5) as reply:
+            if (json.load(reply).get("registration") or {}).get("registered"):
+                return node
+        if time.monotonic() > deadline:
+            node.stop()
+            raise AssertionError(f"node did not register:\n{node.log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
