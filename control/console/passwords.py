@@ -72,28 +72,22 @@ def hash_password(password: str) -> str:
     return f"scrypt${LOG2_N}${R}${P}${_b64(salt)}${_b64(key)}"
 
 
-# A hash of nothing anyone knows: checked against when the user does not exist, so an
-# unknown name costs the same time as a wrong password.
-_DUMMY = None
+# What an unknown user's password is checked against, so that an unknown name costs the
+# same scrypt time as a wrong password. Its key is no password's: nothing matches it.
+_NOBODY = f"scrypt${LOG2_N}${R}${P}${'A' * 22}${'A' * 43}"
 
 
 def verify_password(password: str, encoded: str | None) -> bool:
-    global _DUMMY
-    if encoded is None:
-        if _DUMMY is None:
-            _DUMMY = hash_password(os.urandom(16).hex())
-        encoded, real = _DUMMY, False
-    else:
-        real = True
+    """Whether `password` matches `encoded`; None (no such user) never matches."""
     try:
-        scheme, log2_n, r, p, salt, key = encoded.split("$")
+        scheme, log2_n, r, p, salt, key = (encoded or _NOBODY).split("$")
         if scheme != "scrypt":
             return False
         kdf = Scrypt(salt=_unb64(salt), length=len(_unb64(key)), n=2 ** int(log2_n), r=int(r), p=int(p))
         kdf.verify(password.encode(), _unb64(key))
     except (InvalidKey, ValueError):
         return False
-    return real
+    return encoded is not None
 
 
 class Hasher:
