@@ -126,3 +126,15 @@ def s3_client(url: str, user: UserKeys, *, signature: str = "s3v4", addressing: 
         aws_secret_access_key=user.secret_key, region_name=region,
         config=Config(signature_version=signature, s3={"addressing_style": addressing},
                       retries={"max_attempts": 1}, **config))
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition", interval: float = 0.1):
+    """Poll `predicate` until it returns something true (which is returned), or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from controltest import admin, create_user, ec2_client, register_image, start_cloud, user_environment
-from walrustest import ServiceProcess, start_service
+from walrustest import ServiceProcess, start_service, wait_for
 
 from control import internal
 from control.scheduler import NodeCapacity, how_many_fit, place
@@ -85,15 +85,6 @@ def wait_registered(node: ServiceProcess, timeout: float = 30) -> dict:
         time.sleep(0.1)
 
 
-def wait_for(predicate, timeout: float = 30, step: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(step)
 
 
 def vm_types(ec2, zone: str | None = None) -> dict[str, tuple[int, int]]:

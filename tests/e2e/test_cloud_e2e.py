@@ -16,11 +16,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from walrustest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -117,15 +118,6 @@ def demo_images(tmp_path_factory):
     return out
 
 
-def _wait(predicate, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def test_bundle_register_run_boot_end_to_end(demo_images, tmp_path):
@@ -142,7 +134,7 @@ def test_bundle_register_run_boot_end_to_end(demo_images, tmp_path):
                 raise AssertionError(f"eucalypt up exited {up.returncode}:\n{(tmp_path / 'up.log').read_text()}")
             return (state / "credentials" / "admin" / "eucarc").exists() and ns.run(
                 "curl", "-sf", "http://127.0.0.1:8775/_eucalypt/health", check=False).returncode == 0
-        _wait(ready, 240, "eucalypt up to be ready")
+        wait_for(ready, 240, "eucalypt up to be ready", 1)
         log_text = (tmp_path / "up.log").read_text()
         assert "test:///" not in log_text, f"no real hypervisor was set up:\n{log_text}"
         env = _environment(state)
@@ -185,10 +177,10 @@ def test_bundle_register_run_boot_end_to_end(demo_images, tmp_path):
         def state_of(instance_id):
             doc = ec2("describe-instances", "--instance-ids", instance_id)
             return doc["Reservations"][0]["Instances"][0]["State"]["Name"]
-        _wait(lambda: state_of(second) == "running", 300, f"{second} to run", 2)
+        wait_for(lambda: state_of(second) == "running", 300, f"{second} to run", 2)
         assert node_metric("eucalypt_node_chunk_fetched_bytes_total") == fetched
         ec2("terminate-instances", "--instance-ids", second)
-        _wait(lambda: state_of(second) == "terminated", 120, f"{second} to terminate", 2)
+        wait_for(lambda: state_of(second) == "terminated", 120, f"{second} to terminate", 2)
 
         # Step 6: kill -9 control while the first instance runs; after the restart it is
         # still running and can be terminated.
@@ -202,10 +194,10 @@ def test_bundle_register_run_boot_end_to_end(demo_images, tmp_path):
             except (OSError, ValueError):
                 return False
             return pid != old_pid and ec2("describe-regions", check=False).returncode == 0
-        _wait(restarted, 120, "the supervisor to restart control")
+        wait_for(restarted, 120, "the supervisor to restart control", 1)
         assert state_of(instance) == "running"
         ec2("terminate-instances", "--instance-ids", instance)
-        _wait(lambda: state_of(instance) == "terminated", 120, f"{instance} to terminate", 2)
+        wait_for(lambda: state_of(instance) == "terminated", 120, f"{instance} to terminate", 2)
     finally:
         if up is not None and up.poll() is None:
             os.killpg(up.pid, signal.SIGINT)

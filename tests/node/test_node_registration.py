@@ -22,6 +22,7 @@ from nodetestlib import (  # noqa: F401  (fixtures)
     SECRET, alice_cert, alice_s3, bundle_bucket, cloud_key, hypervisor, ic_walrus, mixed_image, node_config,
     node_health, prepare, start_node, start_node_process, system_bucket, system_endpoint)
 from node.registration import HEARTBEAT_PATH, load_node_id
+from walrustest import wait_for
 
 
 class FakeControl:
@@ -171,15 +172,6 @@ def _health(url: str) -> dict:
         return json.load(reply)
 
 
-def _wait(predicate, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _m1_small(ec2) -> tuple[int, int] | None:
@@ -201,22 +193,22 @@ def test_real_node_registers_with_a_real_control(tmp_path, ic_walrus, system_buc
         args = ["--control", control.url, "--cores", "4", "--memory-mib", "4096", "--subnet", "10.211.0.0/24",
                 "--service-secret-file", str(secret_file)]  # control's secret (the later flag wins)
         node = start_node_process(tmp_path, ic_walrus.url, system_bucket, *args)
-        registration = _wait(lambda: (_health(node.url).get("registration") or {}).get("registered")
+        registration = wait_for(lambda: (_health(node.url).get("registration") or {}).get("registered")
                              and _health(node.url)["registration"], what="registered")
         node_id = registration["node_id"]
         assert node_id == (node.data_dir / "node-id").read_text().strip()
         assert registration["cluster"] and registration["heartbeat_interval"] == 0.5 and not registration["last_error"]
-        assert _wait(lambda: _m1_small(ec2) == (4, 4) and _m1_small(ec2), what="capacity") == (4, 4)
+        assert wait_for(lambda: _m1_small(ec2) == (4, 4) and _m1_small(ec2), what="capacity") == (4, 4)
         beats = registration["heartbeats"]
-        _wait(lambda: _health(node.url)["registration"]["heartbeats"] >= beats + 2, what="heartbeats at 0.5 s")
+        wait_for(lambda: _health(node.url)["registration"]["heartbeats"] >= beats + 2, what="heartbeats at 0.5 s")
 
         node.stop()
-        _wait(lambda: _m1_small(ec2) in (None, (0, 0)), timeout=15, what="the quiet node no longer counted")
+        wait_for(lambda: _m1_small(ec2) in (None, (0, 0)), timeout=15, what="the quiet node no longer counted")
         node = start_node_process(tmp_path, ic_walrus.url, system_bucket, *args)
-        again = _wait(lambda: _health(node.url)["registration"]["registered"] and _health(node.url)["registration"],
+        again = wait_for(lambda: _health(node.url)["registration"]["registered"] and _health(node.url)["registration"],
                       what="registered again")
         assert again["node_id"] == node_id
-        assert _wait(lambda: _m1_small(ec2) == (4, 4), what="capacity again")
+        assert wait_for(lambda: _m1_small(ec2) == (4, 4), what="capacity again")
     finally:
         if node:
             node.stop()
