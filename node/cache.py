@@ -1,22 +1,31 @@
 """The node's local image cache: chunks fetched once, base images assembled from them.
 
-    DATA/cache/chunks/ab/<sha256>     chunk files (chunkstore)
-    DATA/cache/db/                    LMDB metadata (cachedb)
+    DATA/cache/chunks/<name>.pack     pack files: one per fetch request, verified chunks
+                                      back to back (chunkstore)
+    DATA/cache/db/                    LMDB metadata, with each present chunk's pack and
+                                      offset (cachedb)
     DATA/images/<image-id>.img        assembled base images (sparse), kept while cached
 
 `ensure(image_id)` makes an image's base file present: the manifest is read from Walrus
 once (then kept in LMDB: manifests are immutable), the image registered (taking its
 chunk references), room made, the chunks it lacks fetched (fetcher), the base
-assembled; a missing or corrupt chunk file found while assembling is dropped, refetched
-and the assembly done again. Concurrent `ensure`s of one image share one task
-(single-flight); a caller cancelled while waiting does not cancel the others.
+assembled; a missing or corrupt chunk found while assembling is dropped, refetched
+(into a new pack) and the assembly done again. Concurrent `ensure`s of one image share
+one task (single-flight); a caller cancelled while waiting does not cancel the others.
 
-Size: "used" is the bytes of present chunk files plus the non-zero extent of assembled
+Size: "used" is the bytes of the pack files (their dead bytes included: chunks no
+longer present whose pack still holds a live one) plus the non-zero extent of assembled
 base images. Admission reserves what an image still needs; when used + reserved + need
 would pass the high watermark, images are evicted least recently used first until it is
 under the low watermark; if it would still pass the hard limit, CacheFull. Eviction is
 per image, never of one pinned (by an instance) or busy (being ensured or launched);
-the chunks it frees are only those no remaining image references (cachedb refcounts).
+the chunks it frees are only those no remaining image references (cachedb refcounts),
+and a pack file goes when its last live chunk does.
+
+Start: pack files the metadata does not name (written before a crash, before the commit
+that would have named them; or whose deletion a crash interrupted) are deleted, and
+records of the old one-file-per-chunk layout dropped (that part of the cache starts
+empty; assembled base images stay).
 """
 
 from __future__ import annotations
@@ -79,6 +88,7 @@ class NodeImageCache:
         self._room = asyncio.Lock()
         self.metrics.cache_limit.set(limits.limit)
         self._clean_temps()
+        self._recover_packs()
         self.refresh_gauges()
 
     def base_path(self, image_id: str) -> Path:
@@ -156,20 +166,21 @@ class NodeImageCache:
         fetch_seconds = time.monotonic() - started
 
         started = time.monotonic()
-        result = await asyncio.to_thread(assemble_base, manifest, self.chunks, path)
+        locations = self.db.locations(manifest)
+        result = await asyncio.to_thread(assemble_base, manifest, self.chunks, locations, path)
         assemble_seconds = time.monotonic() - started
         if result.bad_chunks:
             log.warning("%s: %d cached chunk(s) missing or corrupt; refetching", image_id, len(result.bad_chunks))
             self.metrics.chunk_corrupt.inc(len(result.bad_chunks))
-            self.db.mark_absent(result.bad_chunks)
-            for sha in result.bad_chunks:
-                self.chunks.remove(sha)
+            dead = self.db.mark_absent({sha: where.pack if (where := locations.get(sha)) else None
+                                        for sha in result.bad_chunks})
+            await asyncio.to_thread(self._delete_packs, dead)
             started = time.monotonic()
-            more = await self.fetcher.fetch_missing(manifest, set(result.bad_chunks))
+            more = await self.fetcher.fetch_missing(manifest, set(self.db.missing(manifest)))
             fetched += more
             fetch_seconds += time.monotonic() - started
             started = time.monotonic()
-            result = await asyncio.to_thread(assemble_base, manifest, self.chunks, path)
+            result = await asyncio.to_thread(assemble_base, manifest, self.chunks, self.db.locations(manifest), path)
             assemble_seconds += time.monotonic() - started
             if result.bad_chunks:
                 raise ImageCorrupt(f"{image_id}: {len(result.bad_chunks)} chunk(s) still do not match "
@@ -209,17 +220,13 @@ class NodeImageCache:
         removed = self.db.remove_image(image_id)
         if removed is None:
             return False
-        record, freed = removed
         self.base_path(image_id).unlink(missing_ok=True)
-        freed_bytes = record.base_bytes
-        for sha in freed:
-            path = self.chunks.path(sha)
-            with contextlib.suppress(FileNotFoundError):
-                freed_bytes += path.stat().st_size
-                path.unlink()
+        self._delete_packs(removed.dead_packs)
+        freed_bytes = removed.record.base_bytes + sum(size for _, size in removed.dead_packs)
         self.metrics.evicted_images.inc()
         self.metrics.evicted_bytes.inc(freed_bytes)
-        log.info("evicted %s (%d bytes freed, %d chunks)", image_id, freed_bytes, len(freed))
+        log.info("evicted %s (%d bytes freed, %d chunks, %d packs; %d dead bytes left in packs)", image_id,
+                 freed_bytes, len(removed.freed), len(removed.dead_packs), self.db.dead_bytes())
         self.refresh_gauges()
         return True
 
@@ -238,6 +245,26 @@ class NodeImageCache:
     def _clean_temps(self) -> None:
         for tmp in self.images_dir.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
+
+    def _recover_packs(self) -> None:
+        """Before any fetch runs (a fetch has packs on disk not yet named)."""
+        dropped = self.db.drop_old_layout()
+        if dropped:
+            log.info("dropped %d chunk record(s) of the one-file-per-chunk layout; refetched on demand", dropped)
+        strays = self.chunks.remove_unnamed(self.db.pack_names())
+        if strays:
+            log.info("deleted %d pack file(s) the cache metadata does not name", len(strays))
+
+    def _delete_packs(self, packs: list[tuple[str, int]]) -> None:
+        """After the commit that dropped their records (a crash in between leaves strays
+        that the next start deletes)."""
+        for name, _ in packs:
+            self.chunks.remove_pack(name)
+
+    def has_chunk(self, sha256: str) -> bool:
+        """Whether the chunk is present: recorded so, in a pack file that exists."""
+        rec = self.db.chunk(sha256)
+        return rec is not None and rec.present and self.chunks.path(rec.pack).is_file()
 
     def pin(self, image_id: str) -> None:
         if self.db.pin(image_id) is None:

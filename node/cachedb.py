@@ -4,14 +4,26 @@ Trees (keys are ASCII):
 
     cache_images     image id -> ImageRecord JSON (state, last use, pins, sizes)
     cache_manifests  image id -> the image manifest exactly as read from Walrus
-    cache_chunks     sha256 hex -> {"size": n, "refs": images naming it, "present": bool}
-    cache_meta       "chunk_bytes" -> bytes of present chunk files, "base_bytes" -> bytes
-                     of assembled base images (their non-zero extent)
+    cache_chunks     sha256 hex -> {"size": n, "refs": images naming it, "present": bool,
+                     and when present "pack": name, "offset": where in the pack}
+    cache_packs      pack name -> {"size": bytes of the file, "live": present chunks in
+                     it, "live_bytes": their bytes}
+    cache_meta       "chunk_bytes" -> bytes of present chunks, "pack_bytes" -> bytes of
+                     the recorded pack files (present chunks plus dead bytes),
+                     "base_bytes" -> bytes of assembled base images (non-zero extent),
+                     "layout" -> "packs" once records of the old layout are dropped
 
 Invariants, each kept inside the one write transaction that changes what justifies it:
 a chunk's `refs` is the number of image records whose manifest lists it (each image
-counts once however often it lists the chunk); a chunk record exists iff refs > 0; the
-meta totals equal the sums over present chunks and assembled images. An image is
+counts once however often it lists the chunk); a chunk record exists iff refs > 0; a
+present chunk names a pack record, and a pack record exists iff live > 0 (its file is
+then on disk, whole: packs are synced before the commit that names them, and deleted
+only after the commit that drops them); the meta totals equal the sums over present
+chunks, pack records and assembled images. Dead bytes -- the chunks of a pack that are
+no longer present (freed by eviction, found corrupt, or fetched twice by concurrent
+fetches) -- stay on disk until the pack's last live chunk goes, and count as used so
+the cache cap stays honest. (Compacting a mostly dead pack -- copying its live chunks
+into a new one in one commit -- would reclaim them sooner; not done yet.) An image is
 registered (and takes its references) *before* its chunks are fetched, so a chunk that
 arrives always has an owner and eviction can never race a fetch into deleting it.
 Pins are counts held by launching and running instances; `reset_pins` rebuilds them
@@ -27,8 +39,11 @@ from dataclasses import asdict, dataclass, replace
 from imagecache import ImageManifest
 from walrus.storage.kv import KV
 
-IMAGES, MANIFESTS, CHUNKS, META = "cache_images", "cache_manifests", "cache_chunks", "cache_meta"
-TREES = (IMAGES, MANIFESTS, CHUNKS, META)
+from .chunkstore import ChunkLocation, PackWritten
+
+IMAGES, MANIFESTS, CHUNKS, PACKS, META = ("cache_images", "cache_manifests", "cache_chunks", "cache_packs",
+                                          "cache_meta")
+TREES = (IMAGES, MANIFESTS, CHUNKS, PACKS, META)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +71,58 @@ class ChunkRecord:
     size: int
     refs: int
     present: bool
+    pack: str | None = None    # where a present chunk lies
+    offset: int = 0
+
+    @property
+    def location(self) -> ChunkLocation | None:
+        return ChunkLocation(self.pack, self.offset, self.size) if self.present else None
 
 
 def _chunk(raw: bytes | None) -> ChunkRecord | None:
     if raw is None:
         return None
     d = json.loads(raw)
-    return ChunkRecord(d["size"], d["refs"], d["present"])
+    if "pack" not in d:  # the old layout's files are gone (chunkstore): not present
+        return ChunkRecord(d["size"], d["refs"], False)
+    return ChunkRecord(d["size"], d["refs"], d["present"], d["pack"], d["offset"])
 
 
 def _chunk_bytes(c: ChunkRecord) -> bytes:
-    return json.dumps({"size": c.size, "refs": c.refs, "present": c.present}).encode()
+    d = {"size": c.size, "refs": c.refs, "present": c.present}
+    if c.present:
+        d |= {"pack": c.pack, "offset": c.offset}
+    return json.dumps(d).encode()
+
+
+def _absent(c: ChunkRecord) -> ChunkRecord:
+    return replace(c, present=False, pack=None, offset=0)
+
+
+@dataclass(frozen=True, slots=True)
+class PackRecord:
+    size: int
+    live: int          # present chunks in the pack
+    live_bytes: int
+
+    @property
+    def dead_bytes(self) -> int:
+        return self.size - self.live_bytes
+
+
+def _pack(raw: bytes | None) -> PackRecord | None:
+    return None if raw is None else PackRecord(**json.loads(raw))
+
+
+def _pack_bytes(p: PackRecord) -> bytes:
+    return json.dumps(asdict(p)).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedImage:
+    record: ImageRecord
+    freed: list[str]                  # chunks no remaining image needs (records dropped)
+    dead_packs: list[tuple[str, int]]  # (name, size) of packs now without a live chunk: delete them
 
 
 def _distinct_stored(manifest: ImageManifest) -> dict[str, int]:
@@ -107,10 +163,29 @@ class CacheDB:
             return {sha: size for sha, size in _distinct_stored(manifest).items()
                     if not (rec := _chunk(txn.get(CHUNKS, sha.encode()))) or not rec.present}
 
-    def totals(self) -> tuple[int, int]:
-        """(chunk bytes, base image bytes)."""
+    def locations(self, manifest: ImageManifest) -> dict[str, ChunkLocation]:
+        """sha256 -> where it lies, for the image's distinct stored chunks that are present."""
         with self.kv.read() as txn:
-            return self._total(txn, "chunk_bytes"), self._total(txn, "base_bytes")
+            return {sha: rec.location for sha in _distinct_stored(manifest)
+                    if (rec := _chunk(txn.get(CHUNKS, sha.encode()))) and rec.present}
+
+    def totals(self) -> tuple[int, int]:
+        """(bytes of the pack files, base image bytes): what the cache occupies."""
+        with self.kv.read() as txn:
+            return self._total(txn, "pack_bytes"), self._total(txn, "base_bytes")
+
+    def dead_bytes(self) -> int:
+        """Bytes of pack files that hold no present chunk (counted in `totals`)."""
+        with self.kv.read() as txn:
+            return self._total(txn, "pack_bytes") - self._total(txn, "chunk_bytes")
+
+    def pack(self, name: str) -> PackRecord | None:
+        with self.kv.read() as txn:
+            return _pack(txn.get(PACKS, name.encode()))
+
+    def pack_names(self) -> set[str]:
+        with self.kv.read() as txn:
+            return {k.decode() for k, _ in txn.scan(PACKS)}
 
     def chunk_count(self) -> int:
         with self.kv.read() as txn:
@@ -145,32 +220,75 @@ class CacheDB:
             txn.put(MANIFESTS, key, raw_manifest)
             return record
 
-    def mark_present(self, chunks: dict[str, int]) -> list[str]:
-        """Record fetched chunk files as present; return the shas no image references
-        any more (their files should be removed)."""
-        orphans = []
+    def drop_old_layout(self) -> int:
+        """Once per data dir: chunk records of the one-file-per-chunk layout (no pack)
+        become absent and the totals are rebuilt; return how many were dropped."""
         with self.kv.write() as txn:
-            added = 0
-            for sha in chunks:
-                rec = _chunk(txn.get(CHUNKS, sha.encode()))
-                if rec is None:
-                    orphans.append(sha)
-                elif not rec.present:
-                    txn.put(CHUNKS, sha.encode(), _chunk_bytes(replace(rec, present=True)))
-                    added += rec.size
-            self._add_total(txn, "chunk_bytes", added)
-        return orphans
+            if txn.get(META, b"layout") == b"packs":
+                return 0
+            dropped, live = 0, 0
+            for key, raw in list(txn.scan(CHUNKS)):
+                d = json.loads(raw)
+                if "pack" not in d:
+                    dropped += d["present"]
+                    txn.put(CHUNKS, key, _chunk_bytes(_chunk(raw)))
+                elif d["present"]:
+                    live += d["size"]
+            packs = sum(_pack(raw).size for _, raw in txn.scan(PACKS))
+            txn.put(META, b"chunk_bytes", str(live).encode())
+            txn.put(META, b"pack_bytes", str(packs).encode())
+            txn.put(META, b"layout", b"packs")
+            return dropped
 
-    def mark_absent(self, shas) -> None:
-        """Chunks whose files are missing or corrupt: no longer present."""
+    def commit_pack(self, pack: PackWritten) -> bool:
+        """Record the (durable) pack's chunks as present at their places in it, in one
+        transaction; False if none of them is wanted any more -- already present (fetched
+        by a concurrent fetch) or no longer referenced -- and the file is to be deleted."""
         with self.kv.write() as txn:
-            removed = 0
-            for sha in shas:
+            live, live_bytes = 0, 0
+            for sha, where in pack.chunks.items():
                 rec = _chunk(txn.get(CHUNKS, sha.encode()))
-                if rec is not None and rec.present:
-                    txn.put(CHUNKS, sha.encode(), _chunk_bytes(replace(rec, present=False)))
-                    removed += rec.size
-            self._add_total(txn, "chunk_bytes", -removed)
+                if rec is None or rec.present:
+                    continue
+                txn.put(CHUNKS, sha.encode(), _chunk_bytes(replace(rec, present=True, pack=pack.name,
+                                                                   offset=where.offset)))
+                live, live_bytes = live + 1, live_bytes + rec.size
+            if not live:
+                return False
+            txn.put(PACKS, pack.name.encode(), _pack_bytes(PackRecord(pack.size, live, live_bytes)))
+            self._add_total(txn, "chunk_bytes", live_bytes)
+            self._add_total(txn, "pack_bytes", pack.size)
+            return True
+
+    def mark_absent(self, found_bad: dict[str, str | None]) -> list[tuple[str, int]]:
+        """Chunks found missing or corrupt (sha -> the pack they were read from; None:
+        wherever they are) are no longer present; return the (name, size) of packs left
+        without a live chunk (their files are to be deleted). A chunk present in another
+        pack than the one found bad (refetched meanwhile) stays present."""
+        with self.kv.write() as txn:
+            dead = []
+            for sha, pack in found_bad.items():
+                rec = _chunk(txn.get(CHUNKS, sha.encode()))
+                if rec is None or not rec.present or (pack is not None and rec.pack != pack):
+                    continue
+                txn.put(CHUNKS, sha.encode(), _chunk_bytes(_absent(rec)))
+                dead += self._release(txn, rec)
+            return dead
+
+    def _release(self, txn, rec: ChunkRecord) -> list[tuple[str, int]]:
+        """A present chunk stops being present: its pack loses a live chunk (the one
+        place pack counts go down); the pack record goes with its last one."""
+        self._add_total(txn, "chunk_bytes", -rec.size)
+        key = rec.pack.encode()
+        pack = _pack(txn.get(PACKS, key))
+        if pack is None:
+            return []
+        if pack.live <= 1:
+            txn.delete(PACKS, key)
+            self._add_total(txn, "pack_bytes", -pack.size)
+            return [(rec.pack, pack.size)]
+        txn.put(PACKS, key, _pack_bytes(replace(pack, live=pack.live - 1, live_bytes=pack.live_bytes - rec.size)))
+        return []
 
     def _update(self, image_id: str, change) -> ImageRecord | None:
         key = image_id.encode()
@@ -207,9 +325,10 @@ class CacheDB:
                 if pins != rec.pins:
                     txn.put(IMAGES, key, replace(rec, pins=pins).to_bytes())
 
-    def remove_image(self, image_id: str) -> tuple[ImageRecord, list[str]] | None:
-        """Drop the image and its references; return it and the present chunks that no
-        remaining image needs (their files are to be deleted). None if unknown or pinned."""
+    def remove_image(self, image_id: str) -> RemovedImage | None:
+        """Drop the image and its references, and the present chunks no remaining image
+        needs; return what was freed (the packs left without a live chunk are to be
+        deleted). None if unknown or pinned."""
         key = image_id.encode()
         with self.kv.write() as txn:
             raw = txn.get(IMAGES, key)
@@ -219,7 +338,7 @@ class CacheDB:
             if rec.pins:
                 return None
             manifest = ImageManifest.from_bytes(txn.get(MANIFESTS, key))
-            freed, freed_bytes = [], 0
+            freed, dead = [], []
             for sha in _distinct_stored(manifest):
                 chunk = _chunk(txn.get(CHUNKS, sha.encode()))
                 if chunk is None:
@@ -228,11 +347,10 @@ class CacheDB:
                     txn.delete(CHUNKS, sha.encode())
                     if chunk.present:
                         freed.append(sha)
-                        freed_bytes += chunk.size
+                        dead += self._release(txn, chunk)
                 else:
                     txn.put(CHUNKS, sha.encode(), _chunk_bytes(replace(chunk, refs=chunk.refs - 1)))
             txn.delete(IMAGES, key)
             txn.delete(MANIFESTS, key)
-            self._add_total(txn, "chunk_bytes", -freed_bytes)
             self._add_total(txn, "base_bytes", -rec.base_bytes)
-            return rec, freed
+            return RemovedImage(rec, freed, dead)

@@ -1,5 +1,6 @@
 """The local cache: eviction under the cap (pinned and shared chunks survive, the MRU
-image relaunches with 0 bytes), corrupt or lost chunk files refetched, and a restarted
+image relaunches with 0 bytes, usage counts every pack byte on disk), corrupt chunks
+inside a pack and lost packs refetched, stray packs deleted on start, and a restarted
 agent rediscovering its cache and instances."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from eucalypt.clock import FakeClock
+from node.fetcher import FetchPolicy
 from nodetestlib import (  # noqa: F401  (fixtures)
     alice_cert, alice_s3, bundle_bucket, cloud_key, hypervisor, ic_walrus, node_config, prepare, random_bytes,
     start_node, system_bucket, system_endpoint)
@@ -57,13 +59,16 @@ async def test_eviction_keeps_pinned_and_shared(tmp_path, ctx, ic_walrus, hyperv
         assert cached["emi-e0000001"]["pins"] == 1
         assert node.agent.cache.used() <= config.cache_limit * 0.8
         assert node.metric("eucalypt_node_cache_evicted_images_total") == 1
-        chunks = node.agent.cache.chunks
+        cache = node.agent.cache
         two, three = stored(manifests["emi-e0000002"]), stored(manifests["emi-e0000003"])
         shared, only_two = set(two) & set(three), set(two) - set(three)
         assert len(shared) > 10 * len(only_two) > 0
-        assert all(chunks.exists(sha) for sha in shared)  # three still needs them
-        assert not any(chunks.exists(sha) for sha in only_two)
-        assert not node.agent.cache.base_path("emi-e0000002").exists()
+        assert all(cache.has_chunk(sha) for sha in shared)  # three still needs them
+        assert not any(cache.has_chunk(sha) or cache.db.chunk(sha) for sha in only_two)
+        assert not cache.base_path("emi-e0000002").exists()
+        # the cap is honest: what counts as used is every pack byte on disk (dead ones too)
+        packs = sum(p.stat().st_size for p in cache.chunks.root.glob("*.pack"))
+        assert cache.db.totals()[0] == packs and cache.db.pack_names() == cache.chunks.pack_names()
 
         before = node.fetched
         relaunched = await node.client.run_instance("i-e0000003", "emi-e0000003")  # the MRU survivor
@@ -88,25 +93,38 @@ async def test_eviction_keeps_pinned_and_shared(tmp_path, ctx, ic_walrus, hyperv
         await node.stop()
 
 
+def flip_byte(path, at: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0xFF]))
+
+
 async def test_corrupt_and_lost_chunks_are_refetched(tmp_path, ctx, ic_walrus, hypervisor):
     data = random_bytes("corrupt", 4 * MiB) + bytes(2 * MiB) + random_bytes("corrupt2", 2 * MiB)
     (tmp_path / "c.img").write_bytes(data)
     m = (await prepare(tmp_path, tmp_path / "c.img", "emi-c0000001", **ctx)).manifest
-    config = node_config(tmp_path / "node", ic_walrus.url, ctx["system_bucket"])
+    # 256 KiB requests: packs of a few chunks each, so a corrupt chunk has live neighbours
+    policy = FetchPolicy(min_request=256 << 10, max_gap=0, max_request=256 << 10)
+    config = node_config(tmp_path / "node", ic_walrus.url, ctx["system_bucket"], fetch=policy)
     node = await start_node(config, hypervisor)
     await node.client.prefetch("emi-c0000001")
     total = node.fetched
+    where = {sha: node.agent.cache.db.chunk(sha) for sha in stored(m)}
     await node.stop()
 
     chunks = sorted(stored(m).items())
     corrupt_sha, corrupt_len = chunks[3]
-    lost_sha, lost_len = chunks[7]
+    corrupt_pack = where[corrupt_sha].pack
+    assert sum(w.pack == corrupt_pack for w in where.values()) > 1
+    lost_pack = next(where[sha].pack for sha, _ in chunks[7:] if where[sha].pack != corrupt_pack)
+    lost = {sha: n for sha, n in chunks if where[sha].pack == lost_pack}
     cache_root = tmp_path / "node" / "cache" / "chunks"
-    path = cache_root / corrupt_sha[:2] / corrupt_sha
-    raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    path.write_bytes(bytes(raw))
-    (cache_root / lost_sha[:2] / lost_sha).unlink()
+    flip_byte(cache_root / f"{corrupt_pack}.pack", where[corrupt_sha].offset + corrupt_len // 2)  # in the chunk
+    (cache_root / f"{lost_pack}.pack").unlink()  # every chunk in it is lost
+    (cache_root / "0123abcd.pack").write_bytes(b"half a pack a crash left, never named")
+    (cache_root / "4567cdef.pack.tmp").write_bytes(b"a temp")
     (tmp_path / "node" / "images" / "emi-c0000001.img").unlink()  # the base must be assembled again
 
     node = await start_node(config, hypervisor)  # a restart: the cache comes back from LMDB
@@ -114,9 +132,14 @@ async def test_corrupt_and_lost_chunks_are_refetched(tmp_path, ctx, ic_walrus, h
         assert [(i["image_id"], i["state"]) for i in await node.client.images()] == [("emi-c0000001", "fetching")]
         launched = await node.client.run_instance("i-c0000001", "emi-c0000001")
         assert launched["state"] == "running"
-        assert launched["fetched_bytes"] == node.fetched == corrupt_len + lost_len < total
-        assert node.metric("eucalypt_node_chunk_corrupt_chunks_total") == 2
+        assert launched["fetched_bytes"] == node.fetched == corrupt_len + sum(lost.values()) < total
+        assert node.metric("eucalypt_node_chunk_corrupt_chunks_total") == 1 + len(lost)
         assert sha256_file(node.agent.cache.base_path("emi-c0000001")) == m.sha256
+        db = node.agent.cache.db
+        assert db.chunk(corrupt_sha).pack not in (corrupt_pack, lost_pack)  # refetched into a new pack
+        assert db.pack(corrupt_pack).live == sum(w.pack == corrupt_pack for w in where.values()) - 1
+        assert db.pack(lost_pack) is None
+        assert sorted(p.name for p in cache_root.iterdir()) == sorted(f"{n}.pack" for n in db.pack_names())
     finally:
         await node.stop()
 

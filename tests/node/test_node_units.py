@@ -1,4 +1,4 @@
-"""Unit tests without servers: domain XML, tap names, cache metadata refcounts, the CLI
+"""Unit tests without servers: domain XML, tap names, cache metadata refcounts and packs, the CLI
 process coming up on the test driver."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import defusedxml.ElementTree as ET
 
 from imagecache import ChunkingParams, ChunkRef, ImageManifest, PackRef
 from node.cachedb import TREES, CacheDB
+from node.chunkstore import ChunkLocation, ChunkStore, PackWritten
 from node.cli import parse_size
 from node.domainxml import DomainSpec, domain_xml, parse_metadata, tap_name
 from walrus.storage.kv import MemoryKV
@@ -60,6 +61,10 @@ def _manifest(image_id: str, shas: list[str], zero_at: int | None = None) -> Ima
                          tuple(chunks))
 
 
+def _pack(name: str, shas: list[str]) -> PackWritten:
+    return PackWritten(name, 10 * len(shas), {sha: ChunkLocation(name, 10 * i, 10) for i, sha in enumerate(shas)})
+
+
 def test_cachedb_refcounts_change_with_images_only():
     db = CacheDB(MemoryKV(TREES))
     a = _manifest("emi-a", ["a1", "s1", "s1", "z0"], zero_at=3)
@@ -69,21 +74,57 @@ def test_cachedb_refcounts_change_with_images_only():
     db.add_image(b, b.to_bytes(), 3.0)
     assert db.chunk("s1").refs == 2 and db.chunk("a1").refs == 1 and db.chunk("z0") is None
     assert set(db.missing(a)) == {"a1", "s1"}
-    assert db.mark_present({"a1": 10, "s1": 10, "gone": 10}) == ["gone"]
-    assert db.totals() == (20, 0) and db.missing(a) == {}
+    assert db.commit_pack(_pack("p1", ["gone", "a1", "s1"]))  # "gone": no image names it, dead bytes
+    assert not db.commit_pack(_pack("p2", ["a1", "gone"]))  # nothing wanted: the file is to go
+    assert db.pack_names() == {"p1"} and db.pack("p1").live == 2
+    assert db.totals() == (30, 0) and db.dead_bytes() == 10 and db.missing(a) == {}
+    assert db.locations(a) == {"a1": ChunkLocation("p1", 10, 10), "s1": ChunkLocation("p1", 20, 10)}
     db.set_ready("emi-a", 30, 4.0)
     db.pin("emi-a")
     assert db.remove_image("emi-a") is None  # pinned
     db.unpin("emi-a")
-    record, freed = db.remove_image("emi-a")
-    assert record.image_id == "emi-a" and freed == ["a1"]  # s1 is still b's
+    removed = db.remove_image("emi-a")
+    assert removed.record.image_id == "emi-a" and removed.freed == ["a1"]  # s1 is still b's
+    assert removed.dead_packs == []  # p1 still holds s1
     assert db.chunk("s1").refs == 1 and db.chunk("a1") is None
-    assert db.totals() == (10, 0)
-    db.mark_absent(["s1"])
-    assert db.totals() == (0, 0) and set(db.missing(b)) == {"s1", "b1"}
+    assert db.totals() == (30, 0) and db.dead_bytes() == 20  # dead bytes count until the pack goes
+    assert db.mark_absent({"s1": "p-other"}) == []  # found bad in a pack it is not in: stays
+    assert db.chunk("s1").present
+    assert db.mark_absent({"s1": "p1"}) == [("p1", 30)]  # its last live chunk: the pack goes
+    assert db.totals() == (0, 0) and db.pack_names() == set() and set(db.missing(b)) == {"s1", "b1"}
     db.pin("emi-b")
     db.reset_pins({})
     assert db.image("emi-b").pins == 0
+
+
+def test_cachedb_drops_the_one_file_per_chunk_layout():
+    kv = MemoryKV(TREES)
+    with kv.write() as txn:  # what a data dir from before packs holds
+        txn.put("cache_chunks", b"old1", b'{"size": 10, "refs": 1, "present": true}')
+        txn.put("cache_meta", b"chunk_bytes", b"10")
+    db = CacheDB(kv)
+    assert not db.chunk("old1").present
+    assert db.drop_old_layout() == 1 and db.drop_old_layout() == 0
+    assert db.totals() == (0, 0) and db.dead_bytes() == 0
+
+
+def test_chunkstore_writes_verified_packs(tmp_path):
+    import hashlib
+    (tmp_path / "ab").mkdir()  # the old layout, and a temp a crash left: both go on start
+    (tmp_path / "ab" / ("ab" * 32)).write_bytes(b"x")
+    (tmp_path / "left.pack.tmp").write_bytes(b"x")
+    store = ChunkStore(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    good, other = b"good" * 100, b"other" * 50
+    pack, bad = store.write_pack([(hashlib.sha256(good).hexdigest(), good), ("0" * 64, b"liar"),
+                                  (hashlib.sha256(other).hexdigest(), memoryview(other)),
+                                  (hashlib.sha256(good).hexdigest(), good)])
+    assert bad == ["0" * 64] and pack.size == len(good) + len(other) == store.path(pack.name).stat().st_size
+    assert [store.read(w) for w in pack.chunks.values()] == [good, other]
+    assert store.read(ChunkLocation(pack.name, 640, 20)) is None  # past the end
+    assert store.read(ChunkLocation("missing", 0, 1)) is None
+    assert store.write_pack([("1" * 64, b"no")]) == (None, ["1" * 64])
+    assert store.remove_unnamed(set()) == [pack.name] and store.pack_names() == set()
 
 
 def test_parse_size():
