@@ -1,7 +1,8 @@
 """The mission end to end: `eucalypt up`, the demo guest bundled, uploaded and registered
 with the standard tools, run with a key pair and user data, booted for real (qemu through
 libvirt), its console showing what it read from the metadata service; a second launch
-moving no chunk bytes; control killed with -9 and the instance still there after.
+moving no chunk bytes, whose pings to the first are dropped by security groups until a
+rule lets them through; control killed with -9 and the instance still there after.
 
 Everything runs inside a network namespace this test creates (only its loopback and the
 node's bridge exist there: nothing can route off the machine). The demo guest is built
@@ -166,19 +167,35 @@ def test_bundle_register_run_boot_end_to_end(demo_images, tmp_path):
         ping = ns.run("ping", "-c", "3", "-W", "2", private_ip, check=False)
         assert ping.returncode == 0, ping.stdout + ping.stderr
 
-        # Step 5: a second instance of the same image moves no chunk bytes.
+        # Step 5: a second instance of the same image moves no chunk bytes. It runs in a
+        # security group of its own and pings the first (in "default", which admits only
+        # its own members) once a second: unreachable until "default" lets "probe" in.
         def node_metric(name):
             return _metric(ns.run("curl", "-sf", "http://127.0.0.1:8775/_eucalypt/metrics").stdout, name)
         fetched = node_metric("eucalypt_node_chunk_fetched_bytes_total")
         assert fetched > 0
-        second = ec2("run-instances", "--image-id", image, "--instance-type", "m1.small")["Instances"][0][
-            "InstanceId"]
+        ec2("create-security-group", "--group-name", "probe", "--description", "pings the first instance")
+        probe = tmp_path / "probe.sh"
+        probe.write_text("#!/bin/sh\n(for i in $(seq 1 150); do\n"
+                         f"  if ping -c 1 -W 1 {private_ip} >/dev/null 2>&1; then echo \"probe $i: reachable\";\n"
+                         "  else echo \"probe $i: unreachable\"; fi; sleep 1\ndone) &\n")
+        second = ec2("run-instances", "--image-id", image, "--instance-type", "m1.small", "--security-groups",
+                     "probe", "--user-data", f"file://{probe}")["Instances"][0]["InstanceId"]
 
         def state_of(instance_id):
             doc = ec2("describe-instances", "--instance-ids", instance_id)
             return doc["Reservations"][0]["Instances"][0]["State"]["Name"]
         wait_for(lambda: state_of(second) == "running", 300, f"{second} to run", 2)
         assert node_metric("eucalypt_node_chunk_fetched_bytes_total") == fetched
+
+        def probes() -> list[str]:
+            out = ec2("get-console-output", "--instance-id", second).get("Output") or ""
+            return [line.split(": ", 1)[1].strip() for line in out.splitlines() if line.startswith("probe ")]
+        wait_for(lambda: probes().count("unreachable") >= 3, 120, "three refused probes", 2)
+        assert "reachable" not in probes()
+        ec2("authorize-security-group-ingress", "--group-name", "default", "--protocol", "icmp", "--port", "-1",
+            "--source-group", "probe")
+        wait_for(lambda: "reachable" in probes(), 60, "a probe let through by the new rule", 2)
         ec2("terminate-instances", "--instance-ids", second)
         wait_for(lambda: state_of(second) == "terminated", 120, f"{second} to terminate", 2)
 
