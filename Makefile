@@ -45,11 +45,12 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc = 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
-# Walrus against nginx/moto/s3rver (and the bundle tools), then the image cache and the node.
+# Walrus against nginx/moto/s3rver (and the bundle tools), then the image cache, the node and control.
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/imagecache_bench.py
 	$(PY) bench/node_bench.py
+	$(PY) bench/control_bench.py
 
 clean:
 	rm -rf $(VENV) $(STATE) .pytest_cache
