@@ -395,7 +395,7 @@ def test_kill_during_run_instances_storm_loses_nothing_acknowledged(tmp_path):
         for t in threads:
             t.start()
         go.set()
-        wait_for(lambda: len(acked) >= 8, timeout=30, step=0.005, what="8 acknowledged launches")
+        wait_for(lambda: len(acked) >= 8, timeout=30, interval=0.005, what="8 acknowledged launches")
         cloud.control.kill()  # SIGKILL with launches committed, in flight, and unanswered
         for t in threads:
             t.join(30)
