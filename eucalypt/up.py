@@ -290,6 +290,7 @@ eucalypt up: ready
   EC2 (control)  {urls['control']}
   S3 (Walrus)    {urls['walrus']}
   node           {urls['node']}  (hypervisor {hypervisor})
+  web console    {urls['control'].rstrip('/')}/console/  (admin password: eucalypt admin --state-dir {state} user password admin)
   credentials    {creds_dir}/  (account eucalyptus, user admin; {creds_note})
   logs           {log_dir}/
   state          {state}/
