@@ -51,6 +51,7 @@ bench: setup
 	$(PY) bench/imagecache_bench.py
 	$(PY) bench/node_bench.py
 	$(PY) bench/control_bench.py
+	$(PY) bench/network_bench.py
 
 clean:
 	rm -rf $(VENV) $(STATE) .pytest_cache
