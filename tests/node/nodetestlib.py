@@ -137,3 +137,16 @@ def start_node_process(base: Path, walrus_url: str, bucket: str, *extra: str, da
 async def node_health(client: NodeClient) -> dict:
     async with client._session.get(client.url + "/_eucalypt/health") as reply:
         return await reply.json()
+
+
+def warm_cache(base: Path, walrus_url: str, bucket: str, image_id: str, data_dir: Path) -> None:
+    """Fetch `image_id` into the cache at `data_dir` with a node in this (root) namespace,
+    for a node that will run later inside a namespace that cannot reach Walrus."""
+    warm = start_node_process(base, walrus_url, bucket, "--no-manage-network", data_dir=data_dir)
+    try:
+        async def prefetch():
+            async with NodeClient(warm.url, SECRET) as client:
+                return await client.prefetch(image_id)
+        assert asyncio.run(prefetch())["image"]["state"] == "ready"
+    finally:
+        warm.stop()

@@ -34,7 +34,7 @@ import pytest
 
 from nodetestlib import (  # noqa: F401  (fixtures)
     SECRET, alice_cert, alice_s3, bundle_bucket, cloud_key, hypervisor, ic_walrus, mixed_image, node_config,
-    node_health, node_process_args, prepare, start_node, start_node_process, system_bucket, system_endpoint)
+    node_health, node_process_args, prepare, start_node, start_node_process, system_bucket, system_endpoint, warm_cache)
 from test_node_network import API_CALL, DHCP_DISCOVER, NetnsNode, guest_get, in_ns, ns_python, sh
 from node.client import NodeApiError, NodeClient
 from node.errors import BadRequest
@@ -343,14 +343,7 @@ def test_groups_and_elastic_ips_enforced_in_namespaces(tmp_path, cloud, ic_walru
                         bundle_bucket=bundle_bucket, system_endpoint=system_endpoint, system_bucket=system_bucket,
                         cloud_key=cloud_key, alice_cert=alice_cert))
     data = tmp_path / "node"
-    warm = start_node_process(tmp_path, ic_walrus.url, system_bucket, "--no-manage-network", data_dir=data)
-    try:
-        async def prefetch():
-            async with NodeClient(warm.url, SECRET) as client:
-                return await client.prefetch("emi-fw000001")
-        assert asyncio.run(prefetch())["image"]["state"] == "ready"
-    finally:
-        warm.stop()
+    warm_cache(tmp_path, ic_walrus.url, system_bucket, "emi-fw000001", data)
 
     args = node_process_args(tmp_path, ic_walrus.url, system_bucket, "--bridge", c.bridge, "--subnet", SUBNET)
     node = NetnsNode(c.node_ns, data, args)

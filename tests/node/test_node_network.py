@@ -32,7 +32,7 @@ import pytest
 
 from nodetestlib import (  # noqa: F401  (fixtures)
     SECRET, alice_cert, alice_s3, bundle_bucket, cloud_key, ic_walrus, mixed_image, node_process_args, prepare,
-    start_node_process, system_bucket, system_endpoint)
+    start_node_process, system_bucket, system_endpoint, warm_cache)
 from node.client import NodeClient
 from node.config import NodeConfig
 from node.network import dhcp_hosts_text, host_dns_servers, nft_ruleset, nft_table_name
@@ -192,14 +192,7 @@ def test_bridge_dhcp_and_metadata_through_the_dnat(tmp_path, namespaces, ic_walr
     data = tmp_path / "node"
 
     # 1. Fetch the image into the node's cache from the root namespace (no network managed).
-    warm = start_node_process(tmp_path, ic_walrus.url, system_bucket, "--no-manage-network", data_dir=data)
-    try:
-        async def prefetch():
-            async with NodeClient(warm.url, SECRET) as c:
-                return await c.prefetch("emi-ne000001")
-        assert asyncio.run(prefetch())["image"]["state"] == "ready"
-    finally:
-        warm.stop()
+    warm_cache(tmp_path, ic_walrus.url, system_bucket, "emi-ne000001", data)
 
     # 2. The node in its namespace, managing bridge + DHCP + NAT.
     args = node_process_args(tmp_path, ic_walrus.url, system_bucket, "--bridge", bridge, "--subnet", SUBNET)
