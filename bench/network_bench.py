@@ -364,9 +364,10 @@ def main() -> int:
     if args.inner:
         return inner(args)
     if os.geteuid() != 0:
-        print("network_bench: must run as root (it creates network namespaces, bridges and nft tables): "
-              "sudo .venv/bin/python bench/network_bench.py")
-        return 2
+        # `make bench` as a normal user runs the other benchmarks; say loudly what was not run.
+        print("network_bench: SKIPPED, not run: it must run as root (it creates network namespaces, bridges "
+              "and nft tables): sudo .venv/bin/python bench/network_bench.py")
+        return 0
     return outer(args)
 
 
