@@ -5,6 +5,7 @@
                   [--advertise-url URL] [--heartbeat-interval 5]
                   [--bridge BR --subnet CIDR [--manage-network | --no-manage-network]]
                   [--metadata-host ADDR] [--metadata-port 8776]
+                  [--tunnel-ip ADDR] [--uplink DEV]     (managed network modes, issue #8)
 
 Settings: --config (TOML, keys named like the long options with underscores) < NODE_*
 environment variables < flags. With --control the node registers and sends heartbeats
@@ -27,7 +28,7 @@ NODE_DEFAULTS = {"host": "127.0.0.1", "port": 8775, "data_dir": Path("./var/node
                  "walrus_region": "us-east-1", "bridge": None, "cache_limit": "16G",
                  "fetch_concurrency": 8, "cores": 0, "memory_mib": 0, "disk_gb": 0, "subnet": None,
                  "manage_network": None, "metadata_host": None, "metadata_port": 8776, "advertise_url": None,
-                 "heartbeat_interval": 5.0}
+                 "heartbeat_interval": 5.0, "tunnel_ip": None, "uplink": None}
 
 
 def parse_bool(value) -> bool | None:
@@ -80,6 +81,10 @@ def add_parser(subparsers) -> None:
                                            "network is managed, else 127.0.0.1]")
     p.add_argument("--metadata-port", type=int, help="port of the instance metadata service; 0 picks a free "
                                                      "one [8776]")
+    p.add_argument("--tunnel-ip", help="this host's address on the network between the nodes: the managed "
+                                       "modes' VXLAN endpoint (none: no segment leaves this node)")
+    p.add_argument("--uplink", help="the interface that trunks the managed modes' segments as 802.1Q VLANs "
+                                    "to the other nodes of the zone, where the kernel has 802.1Q")
     p.add_argument("--cache-limit", help="hard cap of the local image cache, e.g. 40G [16G]")
     p.add_argument("--fetch-concurrency", type=int, help="ranged GETs in flight per image [8]")
     p.add_argument("--cores", type=int, help="cores to offer (0: the host's)")
@@ -129,7 +134,8 @@ def _node_config(settings, secret, access, secret_key, urls, manage):
         disk_bytes=(int(settings["disk_gb"]) << 30) or None,
         subnet=settings["subnet"], manage_network=manage, metadata_host=settings["metadata_host"],
         metadata_port=int(settings["metadata_port"]), advertise_url=settings["advertise_url"],
-        heartbeat_interval=float(settings["heartbeat_interval"]))
+        heartbeat_interval=float(settings["heartbeat_interval"]), tunnel_ip=settings["tunnel_ip"] or None,
+        uplink=settings["uplink"] or None)
 
 
 async def _serve(config) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,12 +50,18 @@ class NodeConfig:
     disk_bytes: int | None = None
     s3_connect_timeout: float = 5.0
     s3_read_timeout: float = 60.0
+    tunnel_ip: str | None = None        # managed modes: the VXLAN endpoint (segments.py)
+    uplink: str | None = None           # managed modes: the 802.1Q trunk, where the kernel has it
 
     def __post_init__(self) -> None:
         if self.subnet is not None:
             net = ipaddress.IPv4Network(self.subnet, strict=True)  # ValueError for a bad one
             if net.num_addresses < 4:
                 raise ValueError(f"subnet {self.subnet} is too small (needs a gateway and a host)")
+        if self.tunnel_ip is not None:
+            ipaddress.IPv4Address(self.tunnel_ip)  # ValueError for a bad one
+        if self.uplink is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,15}", self.uplink):
+            raise ValueError(f"uplink {self.uplink!r} is not an interface name")
 
     @property
     def network_managed(self) -> bool:

@@ -60,7 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BadRequest, Conflict
-from .network import METADATA_ADDRESS, NetworkError, nft_ruleset, nft_table_name, run_tool
+from .network import METADATA_ADDRESS, DhcpContext, NetworkError, nft_ruleset, nft_table_name, run_tool
+from .segments import GroupNet, ManagedNetwork, network_to_json, parse_group_net, parse_network
 
 log = logging.getLogger("eucalypt.node.firewall")
 
@@ -104,6 +105,7 @@ class Policy:
     instances: dict[str, PolicyInstance] = field(default_factory=dict)
     groups: dict[str, GroupRules] = field(default_factory=dict)
     members: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    network: ManagedNetwork | None = None     # the managed modes' segments (None: flat)
 
 
 def _ipv4(value, what: str) -> str:
@@ -225,7 +227,7 @@ def parse_policy(doc) -> Policy:
         if not isinstance(ips, list):
             raise BadRequest(f"members.{gid} must be a list of IPv4 addresses")
         members[gid] = tuple(_ipv4(ip, f"members.{gid}") for ip in ips)
-    return Policy(version, instances, groups, members)
+    return Policy(version, instances, groups, members, parse_network(doc.get("network")))
 
 
 def policy_to_json(policy: Policy) -> dict:
@@ -238,7 +240,8 @@ def policy_to_json(policy: Policy) -> dict:
                           for i, p in policy.instances.items()},
             "groups": {g: {"ingress": [rule(r) for r in s.ingress], "egress": [rule(r) for r in s.egress]}
                        for g, s in policy.groups.items()},
-            "members": {g: list(ips) for g, ips in policy.members.items()}}
+            "members": {g: list(ips) for g, ips in policy.members.items()},
+            "network": network_to_json(policy.network)}
 
 
 # the ruleset ------------------------------------------------------------------------------
@@ -250,6 +253,21 @@ class InstancePort:
     tap: str
     mac: str
     private_ip: str | None
+    subnet: str | None = None   # its managed subnet (None: the node's)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The managed modes' additions to the ruleset: the segments' bridges besides the
+    node bridge, their fabric ports (VXLAN, 802.1Q: where other nodes' frames arrive),
+    and the cloud's private ranges (what a local instance may send to a remote one, and
+    what is never masqueraded)."""
+    bridges: tuple[str, ...] = ()
+    fabric: tuple[str, ...] = ()
+    private_ranges: tuple[str, ...] = ()
+
+
+FABRIC_MARK = 0x00100000  # set on frames from another node: their egress rules ran there
 
 
 def _chain_id(instance_id: str) -> str:
@@ -301,13 +319,24 @@ def _rules_of(policy: Policy, groups: tuple[str, ...], side: str) -> list[Rule]:
     return out
 
 
+def _names(names) -> str:
+    """One interface name, or an anonymous set of several."""
+    names = list(dict.fromkeys(names))
+    return f'"{names[0]}"' if len(names) == 1 else "{ " + ", ".join(f'"{n}"' for n in names) + " }"
+
+
 def render_ruleset(policy: Policy | None, ports: list[InstancePort], bridge: str, subnet: str, gateway: str,
-                   metadata_port: int) -> str:
+                   metadata_port: int, layout: Layout | None = None) -> str:
     """The node's whole nftables state for BR (see the module doc), as one `nft -f` text
     that replaces both tables atomically whether they exist or not. Without a policy:
-    network.py's NAT table alone, and no bridge table."""
+    network.py's NAT table alone, and no bridge table. With a Layout (managed modes)
+    the same chains cover every segment bridge, frames from the fabric skip the egress
+    rules (the sending node applied them), and a local instance may send to the private
+    ranges beyond this node (the receiving node applies its ingress rules)."""
     t = nft_table_name(bridge)
     net = ipaddress.IPv4Network(subnet)
+    layout = layout or Layout()
+    brs = _names([bridge, *layout.bridges])
     lines = [f"table ip {t} {{}}", f"delete table ip {t}",
              f"table bridge {t} {{}}", f"delete table bridge {t}"]
     ports = sorted(ports, key=lambda p: p.instance_id)
@@ -322,11 +351,13 @@ def render_ruleset(policy: Policy | None, ports: list[InstancePort], bridge: str
     lines += [f"table ip {t} {{",
               "  chain prerouting {",
               "    type nat hook prerouting priority dstnat; policy accept;",
-              f'    iifname "{bridge}" ip daddr {METADATA_ADDRESS} tcp dport 80 dnat to {gateway}:{metadata_port}']
-    lines += [f'    iifname != "{bridge}" ip daddr {pub} dnat to {priv}' for pub, priv in eips]
+              f'    iifname {brs} ip daddr {METADATA_ADDRESS} tcp dport 80 dnat to {gateway}:{metadata_port}']
+    lines += [f'    iifname != {brs} ip daddr {pub} dnat to {priv}' for pub, priv in eips]
     lines += ["  }", "  chain postrouting {", "    type nat hook postrouting priority srcnat; policy accept;"]
-    lines += [f'    ip saddr {priv} oifname != "{bridge}" snat to {pub}' for pub, priv in eips]
-    lines += [f'    ip saddr {subnet} oifname != "{bridge}" masquerade', "  }"]
+    lines += [f'    ip saddr {priv} oifname != {brs} snat to {pub}' for pub, priv in eips]
+    sources = ", ".join(dict.fromkeys([subnet, *layout.private_ranges]))
+    sources = sources if len(layout.private_ranges) == 0 else "{ " + sources + " }"
+    lines += [f'    ip saddr {sources} oifname != {brs} masquerade', "  }"]
 
     addressed = [(p, p.private_ip or (policy.instances[p.instance_id].private_ip
                                       if p.instance_id in policy.instances else None)) for p in ports]
@@ -354,22 +385,30 @@ def render_ruleset(policy: Policy | None, ports: list[InstancePort], bridge: str
     lines += ["    drop", "  }", "  chain to_instance {"]
     if daddr_map:
         lines.append(f"    ip daddr vmap {{ {daddr_map} }}")
+    if layout.private_ranges:  # an instance on another node: its node's ingress rules decide
+        lines.append(f"    ip daddr {{ {', '.join(layout.private_ranges)} }} accept")
+    from_local = f"meta mark & {FABRIC_MARK:#010x} == 0 " if layout.fabric else ""
     lines += ["    drop", "  }",
               "  chain forward {",
               "    type filter hook forward priority filter; policy accept;",
               "    ct state established,related accept",
-              f'    iifname "{bridge}" jump from_instance',
-              f'    oifname "{bridge}" jump to_instance',
+              f'    iifname {brs} {from_local}jump from_instance',
+              f'    oifname {brs} jump to_instance',
               "  }",
               "  chain input {",
               "    type filter hook input priority filter; policy accept;",
-              f'    iifname != "{bridge}" accept',
+              f'    iifname != {brs} accept',
               "    ct state established,related accept",
               "    udp sport 68 udp dport 67 accept",
               f"    ip daddr {gateway} tcp dport {metadata_port} accept",
               "    jump from_instance",
-              "  }",
-              "}"]
+              "  }"]
+    if layout.bridges:  # routing between segments shares one link: no redirects to the guests
+        lines += ["  chain output {",
+                  "    type filter hook output priority filter; policy accept;",
+                  f"    oifname {brs} icmp type redirect drop",
+                  "  }"]
+    lines += ["}"]
     # the bridge table: anti-spoofing by tap name
     lines += [f"table bridge {t} {{"]
     for p, ip in addressed:
@@ -384,16 +423,28 @@ def render_ruleset(policy: Policy | None, ports: list[InstancePort], bridge: str
         lines += ["    ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 return",
                   "    drop", "  }",
                   f"  chain to_{cid} {{"]
-        dests = ([ip] if ip else []) + ["255.255.255.255", str(net.broadcast_address)]
+        own = ipaddress.IPv4Network(p.subnet) if p.subnet else net
+        dests = ([ip] if ip else []) + ["255.255.255.255", str(own.broadcast_address)]
         lines += [f"    ether type ip ip daddr != {{ {', '.join(dests)} }} drop", "  }"]
     in_map = ", ".join(f'"{p.tap}" : jump from_{_chain_id(p.instance_id)}' for p, _ in addressed)
     out_map = ", ".join(f'"{p.tap}" : jump to_{_chain_id(p.instance_id)}' for p, _ in addressed)
+    fabric = _names(layout.fabric) if layout.fabric else None
+    # DHCP never crosses the fabric: each node serves its own instances (another node's
+    # dnsmasq, authoritative, would refuse their requests).
+    no_dhcp = "meta protocol ip udp dport { 67, 68 } drop"
     lines += ["  chain prerouting {", "    type filter hook prerouting priority filter; policy accept;"]
+    if fabric:
+        lines.append(f"    iifname {fabric} meta mark set meta mark | {FABRIC_MARK:#010x}")
     if in_map:
         lines.append(f"    iifname vmap {{ {in_map} }}")
     lines += ["  }"]
+    if fabric:
+        lines += ["  chain input {", "    type filter hook input priority filter; policy accept;",
+                  f"    iifname {fabric} {no_dhcp}", "  }"]
     for chain, hook in (("forward", "forward"), ("output", "output")):
         lines += [f"  chain {chain} {{", f"    type filter hook {hook} priority filter; policy accept;"]
+        if fabric:
+            lines.append(f"    oifname {fabric} {no_dhcp}")
         if out_map:
             lines.append(f"    oifname vmap {{ {out_map} }}")
         lines += ["  }"]
@@ -420,6 +471,7 @@ class Firewall:
         self.policy: Policy | None = self._load()
         self.applied_version: int = 0       # what the kernel has (0: none yet)
         self._last_text: str | None = None
+        self._reconciled = False             # segments checked against the host once
 
     def _load(self) -> Policy | None:
         with self.kv.read() as txn:
@@ -437,19 +489,63 @@ class Firewall:
         """The version in force: applied (or, without a managed network, accepted); 0: none."""
         return self.applied_version
 
+    def _live_records(self):
+        return [r for r in self.instances.all() if r.state in self._live]
+
     def ports(self) -> list[InstancePort]:
-        return [InstancePort(r.instance_id, r.tap, r.mac, r.private_ip or None)
-                for r in self.instances.all() if r.state in self._live and r.tap and r.mac]
+        return [InstancePort(r.instance_id, r.tap, r.mac, r.private_ip or None,
+                             (r.network or {}).get("subnet"))
+                for r in self._live_records() if r.tap and r.mac]
+
+    def wanted_segments(self, policy: Policy | None) -> tuple[str | None, dict[str, GroupNet], tuple]:
+        """(mode, groups, peers) of the managed network this node should have: every
+        group of the policy's network, plus the segment of each live local instance
+        (launched before the policy naming its group arrived). Mode None: flat."""
+        mode, groups, peers = None, {}, ()
+        if policy is not None and policy.network is not None:
+            mode, groups, peers = policy.network.mode, dict(policy.network.groups), policy.network.peers
+        for r in self._live_records():
+            if r.network and (mode is None or r.network.get("mode") == mode):
+                mode = r.network["mode"]
+                groups[f"instance:{r.instance_id}"] = parse_group_net(r.network, r.instance_id, mode)
+        return mode, groups, peers
+
+    def layout(self, policy: Policy | None) -> Layout | None:
+        plans = self.network.segments.plans if self.network is not None else []
+        if not plans:
+            return None
+        ranges = list(policy.network.private_ranges) if policy is not None and policy.network else []
+        for plan in plans:  # the local subnets at least, before the first policy says more
+            for subnet, _ in plan.contexts:
+                if not any(ipaddress.IPv4Network(subnet).subnet_of(ipaddress.IPv4Network(r)) for r in ranges):
+                    ranges.append(subnet)
+        return Layout(tuple(p.bridge for p in plans if p.bridge != self.network.bridge),
+                      tuple(port for p in plans for port in p.fabric), tuple(ranges))
 
     def render(self, policy: Policy | None) -> str:
         n = self.network
-        return render_ruleset(policy, self.ports(), n.bridge, n.subnet, n.gateway, self.metadata_port)
+        return render_ruleset(policy, self.ports(), n.bridge, n.subnet, n.gateway, self.metadata_port,
+                              self.layout(policy))
+
+    async def _segments(self, policy: Policy | None) -> None:
+        """Make the host's segments and DHCP match the policy and the local instances."""
+        mode, groups, peers = self.wanted_segments(policy)
+        segs = self.network.segments
+        plans = segs.plan(mode, groups, peers) if mode else []
+        if plans != segs.plans or not self._reconciled:
+            await segs.reconcile(plans)
+            self._reconciled = True
+        await self.network.set_contexts(DhcpContext(p.bridge, subnet, gateway, p.mtu)
+                                        for p in plans for subnet, gateway in p.contexts)
 
     async def _apply(self, policy: Policy | None) -> None:
         if self.network is None:
             return
         if self.metadata_port is None:
             return  # not installed yet: install() renders the policy in force
+        await self._segments(policy)
+        if policy is None and self.network.segments.plans:
+            policy = Policy(0)  # a managed instance before any policy: locked down, as on EC2
         if policy is not None:
             await self._bridged_ip_hooks()
         text = self.render(policy)
@@ -500,6 +596,13 @@ class Firewall:
         log.info("network policy %d applied (%d instance(s) named, %d group(s))", policy.version,
                  len(policy.instances), len(policy.groups))
         return {"version": policy.version, "enforced": self.network is not None}
+
+    async def prepare(self) -> None:
+        """Before a launch starts its domain: segments and rules for the live records (the
+        pending one included). Raises NetworkError: a managed instance must not start
+        without its segment."""
+        async with self._lock:
+            await self._apply(self.policy if self.applied_version else None)
 
     async def refresh(self) -> None:
         """Re-render for the current instances (after a launch or terminate). Never raises

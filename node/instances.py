@@ -46,6 +46,7 @@ from .domainxml import DomainSpec, domain_xml, mac_address, tap_name
 from .errors import BadRequest, Conflict, NodeError, NotFound
 from .hypervisor import DomainState, Hypervisor
 from .metrics import NodeMetrics
+from .segments import LaunchNetwork, group_net_to_json, parse_launch_network, segment_bridge
 
 log = logging.getLogger("eucalypt.node.instances")
 
@@ -63,9 +64,11 @@ SWAP_MB_MAX = 1 << 20
 class InstanceNetwork(Protocol):
     """What the instance manager needs of the node network (network.py): DHCP entries."""
 
-    def check_address(self, ip: str) -> None:
-        """Raise BadRequest unless `ip` may be given to an instance (in the subnet, not
-        the network, gateway or broadcast address)."""
+    bridge: str
+
+    def check_address(self, ip: str, subnet: str | None = None, gateway: str | None = None) -> None:
+        """Raise BadRequest unless `ip` may be given to an instance (in the node's subnet,
+        or the managed `subnet`; not the network, gateway or broadcast address)."""
 
     async def add_host(self, instance_id: str, mac: str, ip: str, hostname: str) -> None:
         """Serve `ip` to `mac` by DHCP from now on (idempotent)."""
@@ -113,6 +116,7 @@ class LaunchRequest:
     swap_mb: int = 0
     user_data: str | None = None        # base64, checked
     metadata: dict = field(default_factory=dict)
+    network: LaunchNetwork | None = None  # managed modes: the group's segment (None: flat)
 
     @classmethod
     def from_json(cls, doc) -> "LaunchRequest":
@@ -125,7 +129,8 @@ class LaunchRequest:
                       kernel_id=doc.get("kernel_id") or None, ramdisk_id=doc.get("ramdisk_id") or None,
                       cmdline=doc.get("cmdline") or None, private_ip=_optional_ip(doc.get("private_ip")),
                       ephemeral_gb=int(doc.get("ephemeral_gb") or 0), swap_mb=int(doc.get("swap_mb") or 0),
-                      user_data=_user_data(doc.get("user_data")), metadata=doc.get("metadata") or {})
+                      user_data=_user_data(doc.get("user_data")), metadata=doc.get("metadata") or {},
+                      network=parse_launch_network(doc.get("network")))
         except KeyError as exc:
             raise BadRequest(f"missing field {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -143,6 +148,8 @@ class LaunchRequest:
             raise BadRequest(f"ephemeral_gb must be 0..{EPHEMERAL_GB_MAX} and swap_mb 0..{SWAP_MB_MAX}")
         if not isinstance(req.metadata, dict):
             raise BadRequest("metadata must be a JSON object")
+        if req.network is not None and not req.private_ip:
+            raise BadRequest("a managed network launch needs a private_ip in the group's subnet")
         return req
 
     def images(self) -> dict[str, str]:
@@ -173,6 +180,8 @@ class InstanceRecord:
     swap_mb: int = 0
     user_data: str | None = None                 # base64, as launched
     metadata: dict = field(default_factory=dict)  # what the metadata service serves
+    bridge: str = ""                             # the bridge its tap is on ("": the node's)
+    network: dict | None = None                  # managed: {"mode", "segment", "subnet", ...}
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -199,6 +208,10 @@ class InstanceFirewall(Protocol):
 
     async def refresh(self) -> None:
         """Make the rules match the live records now (never raises)."""
+
+    async def prepare(self) -> None:
+        """Before a launch's domain starts: the segments and rules of the live records,
+        the pending one included (raises NodeError when that cannot be done)."""
 
 
 class InstanceManager:
@@ -282,9 +295,13 @@ class InstanceManager:
         existing = self.get(req.instance_id)
         if existing is not None:
             raise Conflict(f"{req.instance_id} already exists on this node ({existing.state})")
+        if req.network is not None and self.network is None:
+            raise BadRequest(f"this node does not manage its network, so it cannot launch into "
+                             f"{req.network.mode} mode (start it as root with --bridge and --subnet)")
         if req.private_ip:
             if self.network is not None:
-                self.network.check_address(req.private_ip)
+                net = req.network.net if req.network else None
+                self.network.check_address(req.private_ip, net and net.subnet, net and net.gateway)
             holder = self.by_private_ip(req.private_ip)
             if holder is not None and holder.state in LIVE:
                 raise Conflict(f"{req.private_ip} is held by {holder.instance_id} on this node")
@@ -296,11 +313,16 @@ class InstanceManager:
 
     async def _run(self, req: LaunchRequest) -> InstanceRecord:
         images = req.images()
+        network, bridge = None, self.bridge or ""
+        if req.network is not None:
+            network = {"mode": req.network.mode, **group_net_to_json(req.network.net)}
+            bridge = segment_bridge(self.network.bridge, req.network.net.segment)
         record = self._put(InstanceRecord(req.instance_id, req.instance_type, req.vcpus, req.memory_mib,
                                           images, "pending", "", self.clock.now(), tap_name(req.instance_id),
                                           mac_address(req.instance_id), private_ip=req.private_ip or "",
                                           ephemeral_gb=req.ephemeral_gb, swap_mb=req.swap_mb,
-                                          user_data=req.user_data, metadata=req.metadata))
+                                          user_data=req.user_data, metadata=req.metadata, bridge=bridge,
+                                          network=network))
         disk, console = self.paths(req.instance_id)
         pinned: list[str] = []
         defined = False
@@ -333,17 +355,17 @@ class InstanceManager:
                     await create_scratch_disk(path, sizes[kind], kind)
                     scratch.append(str(path))
             timings["overlay"] = time.monotonic() - started
+            if self.firewall is not None:  # its segment, and the tap's rules (locked down until
+                await self.firewall.prepare()  # the policy names it), before DHCP and the domain
             if self.network is not None and record.private_ip:
                 await self.network.add_host(record.instance_id, record.mac, record.private_ip, record.hostname)
-            if self.firewall is not None:  # the tap's rules (locked down until the policy names it) first
-                await self.firewall.refresh()
 
             spec = DomainSpec(
                 name=req.instance_id, vcpus=req.vcpus, memory_mib=req.memory_mib, disk_path=str(disk),
                 console_log=str(console), domain_type=self.hv.domain_type,
                 kernel=str(by_role["kernel"].path) if "kernel" in by_role else None,
                 ramdisk=str(by_role["ramdisk"].path) if "ramdisk" in by_role else None,
-                cmdline=req.cmdline or "root=/dev/vda console=ttyS0", bridge=self.bridge,
+                cmdline=req.cmdline or "root=/dev/vda console=ttyS0", bridge=record.bridge or None,
                 mac=record.mac, tap=record.tap, images=tuple(images.items()), scratch_disks=tuple(scratch))
             started = time.monotonic()
             await self.hv.define(domain_xml(spec))

@@ -37,19 +37,17 @@ import logging
 import os
 import re
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BadRequest, NodeError
+from .errors import BadRequest
+from .segments import Segments, check_bridge_name
+from .tools import NetworkError, run_tool
 
 log = logging.getLogger("eucalypt.node.network")
 
 METADATA_ADDRESS = "169.254.169.254"
 LEASE_TIME = "12h"
-
-
-class NetworkError(NodeError):
-    status = 500
-    code = "NetworkError"
 
 
 def nft_table_name(bridge: str) -> str:
@@ -105,21 +103,20 @@ def host_dns_servers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
     return servers
 
 
-async def run_tool(*argv: str, stdin: bytes | None = None, check: bool = True) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate(stdin)
-    out_s, err_s = out.decode(errors="replace"), err.decode(errors="replace").strip()
-    if check and proc.returncode != 0:
-        raise NetworkError(f"{' '.join(argv[:4])} ... failed ({proc.returncode}): {err_s}")
-    return proc.returncode, out_s, err_s
+@dataclass(frozen=True, order=True, slots=True)
+class DhcpContext:
+    """One managed subnet dnsmasq serves: on `bridge`, router `gateway`, MTU (None: 1500)."""
+    bridge: str
+    subnet: str
+    gateway: str
+    mtu: int | None = None
 
 
 class NodeNetwork:
     """See the module doc. One object per agent; not shared."""
 
-    def __init__(self, data_dir: Path, bridge: str, subnet: str, *, dns_servers: list[str] | None = None) -> None:
+    def __init__(self, data_dir: Path, bridge: str, subnet: str, *, dns_servers: list[str] | None = None,
+                 tunnel_ip: str | None = None, uplink: str | None = None) -> None:
         self.bridge = bridge
         self.net = ipaddress.IPv4Network(subnet)
         self.subnet = str(self.net)
@@ -135,9 +132,24 @@ class NodeNetwork:
         self._dnsmasq: asyncio.subprocess.Process | None = None
         self._nat_installed = False
         self._lock = asyncio.Lock()
+        self.tunnel_ip, self.uplink = tunnel_ip, uplink
+        self.segments = Segments(data_dir, bridge, tunnel_ip=tunnel_ip, uplink=uplink)
+        self._contexts: tuple[DhcpContext, ...] = ()  # the managed segments' subnets
 
     def describe(self) -> dict:
-        return {"bridge": self.bridge, "subnet": self.subnet, "gateway": self.gateway}
+        return {"bridge": self.bridge, "subnet": self.subnet, "gateway": self.gateway,
+                "modes": self.modes(), "transports": self.segments.transports(),
+                "tunnel_ip": self.tunnel_ip, "uplink": self.uplink}
+
+    def modes(self) -> list[str]:
+        """The network modes this node can run: managed ones need segment device names
+        that fit (<bridge>-4094 in 15 characters)."""
+        try:
+            check_bridge_name(self.bridge)
+        except ValueError as exc:
+            log.warning("network: flat mode only: %s", exc)
+            return ["flat"]
+        return ["flat", "managed", "managed-novlan"]
 
     @property
     def table(self) -> str:
@@ -163,6 +175,7 @@ class NodeNetwork:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._hosts = dict(hosts)
         await self._ensure_bridge()
+        await self.segments.probe()
         await asyncio.to_thread(Path("/proc/sys/net/ipv4/ip_forward").write_text, "1\n")
         await asyncio.to_thread(self._write_hosts)
         await self._start_dnsmasq()
@@ -197,9 +210,29 @@ class NodeNetwork:
                 f"--dhcp-hostsfile={self.hosts_file}", f"--dhcp-leasefile={self.leases_file}",
                 f"--pid-file={self.pid_file}", f"--log-facility={self.log_file}", "--log-dhcp",
                 "--dhcp-authoritative", f"--dhcp-option=option:router,{self.gateway}"]
+        for i, ctx in enumerate(self._contexts):  # a tag per segment subnet: its own router and MTU
+            net = ipaddress.IPv4Network(ctx.subnet)
+            if f"--interface={ctx.bridge}" not in argv:
+                argv.append(f"--interface={ctx.bridge}")
+            argv += [f"--dhcp-range=set:seg{i},{net.network_address},static,{net.netmask},{LEASE_TIME}",
+                     f"--dhcp-option=tag:seg{i},option:router,{ctx.gateway}"]
+            if ctx.mtu:
+                argv.append(f"--dhcp-option=tag:seg{i},option:mtu,{ctx.mtu}")
         if self.dns_servers:
             argv.append("--dhcp-option=option:dns-server," + ",".join(self.dns_servers))
         return argv
+
+    async def set_contexts(self, contexts) -> None:
+        """Serve DHCP on these managed segments too (a DhcpContext each); dnsmasq reads
+        its ranges only at start, so a changed set restarts it (leases are static)."""
+        contexts = tuple(sorted(contexts))
+        async with self._lock:
+            if contexts == self._contexts:
+                return
+            self._contexts = contexts
+            if self._dnsmasq is not None:
+                await self._stop_dnsmasq()
+                await self._start_dnsmasq()
 
     async def _start_dnsmasq(self) -> None:
         await self._stop_stale_dnsmasq()
@@ -242,7 +275,7 @@ class NodeNetwork:
                                                           metadata_port).encode())
         self._nat_installed = True
 
-    async def stop(self, *, instances_left: int = 0) -> None:
+    async def _stop_dnsmasq(self) -> None:
         if self._dnsmasq is not None:
             if self._dnsmasq.returncode is None:
                 self._dnsmasq.send_signal(signal.SIGTERM)
@@ -253,9 +286,19 @@ class NodeNetwork:
                     await self._dnsmasq.wait()
             self._dnsmasq = None
             self.pid_file.unlink(missing_ok=True)
+
+    async def stop(self, *, instances_left: int = 0) -> None:
+        await self._stop_dnsmasq()
         await run_tool("nft", "delete", "table", "ip", self.table, check=False)
         await run_tool("nft", "delete", "table", "bridge", self.table, check=False)  # firewall.py's
         self._nat_installed = False
+        if instances_left:
+            log.info("network: leaving the managed segments up for %d instance(s)", instances_left)
+        else:
+            try:
+                await self.segments.remove_all()
+            except NetworkError as exc:
+                log.warning("network: removing the managed segments: %s", exc.message)
         if self._state().get("created_bridge"):
             if instances_left:
                 log.info("network: leaving bridge %s up for %d instance(s)", self.bridge, instances_left)
@@ -268,12 +311,15 @@ class NodeNetwork:
 
     # DHCP entries --------------------------------------------------------------------------
 
-    def check_address(self, ip: str) -> None:
+    def check_address(self, ip: str, subnet: str | None = None, gateway: str | None = None) -> None:
+        """`ip` must be a host of the node's flat subnet (or of the managed `subnet`,
+        whose first host addresses are the nodes' gateways) other than the gateway."""
+        net = ipaddress.IPv4Network(subnet) if subnet else self.net
+        gateway = gateway if subnet else self.gateway
         addr = ipaddress.IPv4Address(ip)
-        if addr not in self.net or addr in (self.net.network_address, self.net.broadcast_address) \
-                or str(addr) == self.gateway:
-            raise BadRequest(f"private_ip {ip} is not a host address of this node's subnet {self.subnet} "
-                             f"(gateway {self.gateway})")
+        if addr not in net or addr in (net.network_address, net.broadcast_address) or str(addr) == gateway:
+            where = f"the subnet {net}" if subnet else f"this node's subnet {net}"
+            raise BadRequest(f"private_ip {ip} is not a host address of {where} (gateway {gateway})")
 
     def _write_hosts(self) -> None:
         tmp = self.hosts_file.with_suffix(".tmp")

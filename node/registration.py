@@ -112,7 +112,8 @@ class Registration:
     async def body(self) -> dict:
         agent = self.agent
         network = agent.network.describe() if agent.network is not None else {
-            "bridge": agent.config.bridge, "subnet": agent.config.subnet, "gateway": agent.config.gateway}
+            "bridge": agent.config.bridge, "subnet": agent.config.subnet, "gateway": agent.config.gateway,
+            "modes": ["flat"], "transports": [], "tunnel_ip": None, "uplink": None}
         return {"protocol": PROTOCOL, "node_id": self.node_id, "url": self.node_url, "cluster": self.cluster,
                 "started": self.started, "resources": agent.resources(),
                 "images": [i["image_id"] for i in agent.describe_images() if i["state"] == "ready"],
