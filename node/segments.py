@@ -84,6 +84,8 @@ class LaunchNetwork:
 
 
 def _net(value, what: str) -> ipaddress.IPv4Network:
+    if not isinstance(value, str):  # IPv4Network takes integers too; the protocol says CIDR text
+        raise BadRequest(f"{what}: {value!r} is not an IPv4 network (CIDR text)")
     try:
         return ipaddress.IPv4Network(value, strict=True)
     except (ValueError, TypeError):
