@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 from aiobotocore.session import get_session
@@ -126,6 +127,23 @@ class NodeAgent:
                 "disk_bytes": {"total": total.disk_bytes},
                 "cache_bytes": {"used": self.cache.used(), "limit": c.cache_limit},
                 "instances": len(live)}
+
+    def metadata_record(self, source_ip: str):
+        """The record the metadata service serves to `source_ip`, with the public address
+        the network policy in force gives it (associated, moved or released since launch)."""
+        record = self.instances.by_private_ip(source_ip)
+        if record is None or self.firewall is None:
+            return record
+        current = self.firewall.public_address(record.instance_id)
+        if current is None:
+            return record
+        public_ip, hostname = current
+        md = dict(record.metadata or {})
+        if public_ip != (md.get("public-ipv4") or None):
+            md["public-ipv4"], md["public-hostname"] = public_ip or "", hostname or ""
+        elif hostname:
+            md["public-hostname"] = hostname
+        return dataclasses.replace(record, metadata=md)
 
     def describe_images(self) -> list[dict]:
         return [{"image_id": r.image_id, "kind": r.kind, "size": r.size, "stored_bytes": r.stored_bytes,

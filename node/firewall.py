@@ -70,6 +70,7 @@ TREES = (POLICY_TREE,)
 _CURRENT = b"current"
 _INSTANCE_ID = re.compile(r"^i-[0-9a-zA-Z]{1,32}$")
 _GROUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _PROTOCOL_NAMES = {"tcp": 6, "udp": 17, "icmp": 1}
 _NAMES_BY_NUMBER = {v: k for k, v in _PROTOCOL_NAMES.items()}
 MAX_RULES = 10000
@@ -97,6 +98,7 @@ class PolicyInstance:
     private_ip: str | None
     groups: tuple[str, ...]
     public_ip: str | None
+    public_hostname: str | None = None   # for the metadata service, with public_ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +204,10 @@ def parse_policy(doc) -> Policy:
                 raise BadRequest(f"public_ip {pub} is given to both {public[pub]} and {iid}")
             public[pub] = iid
         groups = _strings(spec.get("groups", []), f"instances.{iid}.groups", _GROUP_ID)
-        instances[iid] = PolicyInstance(private, groups, pub)
+        host = spec.get("public_hostname") or None
+        if host is not None and (not isinstance(host, str) or not _HOSTNAME.match(host)):
+            raise BadRequest(f"instances.{iid}.public_hostname: {host!r} is not a host name")
+        instances[iid] = PolicyInstance(private, groups, pub, host if pub else None)
     groups: dict[str, GroupRules] = {}
     count = 0
     for gid, spec in raw_groups.items():
@@ -236,8 +241,8 @@ def policy_to_json(policy: Policy) -> dict:
         return {"protocol": "-1" if r.protocol == "all" else r.protocol, "from_port": r.from_port,
                 "to_port": r.to_port, "cidrs": list(r.cidrs), "groups": list(r.groups)}
     return {"version": policy.version,
-            "instances": {i: {"private_ip": p.private_ip, "groups": list(p.groups), "public_ip": p.public_ip}
-                          for i, p in policy.instances.items()},
+            "instances": {i: {"private_ip": p.private_ip, "groups": list(p.groups), "public_ip": p.public_ip,
+                              "public_hostname": p.public_hostname} for i, p in policy.instances.items()},
             "groups": {g: {"ingress": [rule(r) for r in s.ingress], "egress": [rule(r) for r in s.egress]}
                        for g, s in policy.groups.items()},
             "members": {g: list(ips) for g, ips in policy.members.items()},
@@ -483,6 +488,15 @@ class Firewall:
         except (ValueError, BadRequest) as exc:  # written by us, so a bug or a damaged store
             log.error("the stored network policy is unreadable (%s); waiting for control's next push", exc)
             return None
+
+    def public_address(self, instance_id: str) -> tuple[str | None, str | None] | None:
+        """(public IP, public host name) the policy in force gives the instance, for the
+        metadata service (an elastic IP associated after the launch); None when no
+        policy names it (then the launch's metadata stands)."""
+        if self.policy is None or not self.applied_version:
+            return None
+        spec = self.policy.instances.get(instance_id)
+        return None if spec is None else (spec.public_ip, spec.public_hostname)
 
     @property
     def version(self) -> int:

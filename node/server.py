@@ -84,7 +84,7 @@ class NodeServer:
         c = self.config
         await self.agent.start()
         try:
-            self.metadata = await MetadataServer(self.agent.instances.by_private_ip, c.metadata_bind_host,
+            self.metadata = await MetadataServer(self.agent.metadata_record, c.metadata_bind_host,
                                                  c.metadata_port, metrics=self.agent.metrics).start()
             await self.agent.firewall.install(self.metadata.port)  # NAT + the stored policy
             self._runner = web.AppRunner(self.app(), access_log=None)

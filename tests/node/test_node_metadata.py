@@ -117,6 +117,24 @@ async def test_metadata_by_source_address_across_a_restart(tmp_path, ctx, ic_wal
         assert (await fetch(md, "/latest/meta-data/instance-id", "127.0.0.2", "GET",
                             {"X-aws-ec2-metadata-token": token.decode()}))[1] == b"i-md00000a"
 
+        # An elastic IP associated after the launch: the policy in force says so, and the
+        # metadata follows it (moved away: gone again), as EC2's does.
+        def eip_policy(version, public_ip=None, hostname=None):
+            return {"version": version, "groups": {}, "members": {},
+                    "instances": {"i-md00000a": {"private_ip": "127.0.0.2", "groups": [], "public_ip": public_ip,
+                                                 "public_hostname": hostname}}}
+        await client.network_policy(eip_policy(1, "198.51.100.7", "euca-198-51-100-7.eucalyptus.compute"))
+        assert (await fetch(md, "/latest/meta-data/public-ipv4", "127.0.0.2"))[1] == b"198.51.100.7"
+        assert (await fetch(md, "/latest/meta-data/public-hostname", "127.0.0.2"))[1] == \
+            b"euca-198-51-100-7.eucalyptus.compute"
+        assert (await fetch(md, "/latest/meta-data/public-ipv4", "127.0.0.3"))[0] == 404  # b: not named
+        with pytest.raises(NodeApiError) as err:
+            await client.network_policy({**eip_policy(2, "198.51.100.7", "bad host!")})
+        assert err.value.status == 400
+        await client.network_policy(eip_policy(3))
+        assert (await fetch(md, "/latest/meta-data/public-ipv4", "127.0.0.2"))[0] == 404
+        assert "public-hostname" not in (await fetch(md, "/latest/meta-data/", "127.0.0.2"))[1].decode().split("\n")
+
         # A restart: the records (and so the metadata) are kept. On the test driver the
         # domains died with the process, so the instances come back "failed"; their
         # metadata is still served until they are terminated.
