@@ -79,7 +79,8 @@ class NodeAgent:
                                                           domain_type=c.domain_type)
                 self._stack.push_async_callback(self.hypervisor.close)
             if c.network_managed:
-                self.network = NodeNetwork(data, c.bridge, c.subnet, tunnel_ip=c.tunnel_ip, uplink=c.uplink)
+                self.network = NodeNetwork(data, c.bridge, c.subnet, tunnel_ip=c.tunnel_ip, uplink=c.uplink,
+                                           public_interface=c.public_interface)
             self.instances = InstanceManager(data, self.kv, self.cache, self.hypervisor, self.metrics, self.clock,
                                              bridge=c.bridge, network=self.network)
             self.firewall = Firewall(self.kv, self.instances, self.network, live_states=instances_mod.LIVE)

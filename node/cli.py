@@ -6,6 +6,7 @@
                   [--bridge BR --subnet CIDR [--manage-network | --no-manage-network]]
                   [--metadata-host ADDR] [--metadata-port 8776]
                   [--tunnel-ip ADDR] [--uplink DEV]     (managed network modes, issue #8)
+                  [--public-interface DEV]               (elastic IPs held and announced there)
 
 Settings: --config (TOML, keys named like the long options with underscores) < NODE_*
 environment variables < flags. With --control the node registers and sends heartbeats
@@ -28,7 +29,8 @@ NODE_DEFAULTS = {"host": "127.0.0.1", "port": 8775, "data_dir": Path("./var/node
                  "walrus_region": "us-east-1", "bridge": None, "cache_limit": "16G",
                  "fetch_concurrency": 8, "cores": 0, "memory_mib": 0, "disk_gb": 0, "subnet": None,
                  "manage_network": None, "metadata_host": None, "metadata_port": 8776, "advertise_url": None,
-                 "heartbeat_interval": 5.0, "tunnel_ip": None, "uplink": None}
+                 "heartbeat_interval": 5.0, "tunnel_ip": None, "uplink": None,
+                 "public_interface": None}
 
 
 def parse_bool(value) -> bool | None:
@@ -85,6 +87,10 @@ def add_parser(subparsers) -> None:
                                        "modes' VXLAN endpoint (none: no segment leaves this node)")
     p.add_argument("--uplink", help="the interface that trunks the managed modes' segments as 802.1Q VLANs "
                                     "to the other nodes of the zone, where the kernel has 802.1Q")
+    p.add_argument("--public-interface", help="the interface on the public network: the elastic IPs of this "
+                                              "node's instances are held there (/32) and announced by "
+                                              "gratuitous ARP, so they move with their instances (none: "
+                                              "the operator routes the public range to the nodes)")
     p.add_argument("--cache-limit", help="hard cap of the local image cache, e.g. 40G [16G]")
     p.add_argument("--fetch-concurrency", type=int, help="ranged GETs in flight per image [8]")
     p.add_argument("--cores", type=int, help="cores to offer (0: the host's)")
@@ -135,7 +141,7 @@ def _node_config(settings, secret, access, secret_key, urls, manage):
         subnet=settings["subnet"], manage_network=manage, metadata_host=settings["metadata_host"],
         metadata_port=int(settings["metadata_port"]), advertise_url=settings["advertise_url"],
         heartbeat_interval=float(settings["heartbeat_interval"]), tunnel_ip=settings["tunnel_ip"] or None,
-        uplink=settings["uplink"] or None)
+        uplink=settings["uplink"] or None, public_interface=settings["public_interface"] or None)
 
 
 async def _serve(config) -> int:

@@ -52,6 +52,7 @@ class NodeConfig:
     s3_read_timeout: float = 60.0
     tunnel_ip: str | None = None        # managed modes: the VXLAN endpoint (segments.py)
     uplink: str | None = None           # managed modes: the 802.1Q trunk, where the kernel has it
+    public_interface: str | None = None  # elastic IPs held (/32) and announced here (firewall.py)
 
     def __post_init__(self) -> None:
         if self.subnet is not None:
@@ -60,8 +61,9 @@ class NodeConfig:
                 raise ValueError(f"subnet {self.subnet} is too small (needs a gateway and a host)")
         if self.tunnel_ip is not None:
             ipaddress.IPv4Address(self.tunnel_ip)  # ValueError for a bad one
-        if self.uplink is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,15}", self.uplink):
-            raise ValueError(f"uplink {self.uplink!r} is not an interface name")
+        for what, name in (("uplink", self.uplink), ("public interface", self.public_interface)):
+            if name is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,15}", name):
+                raise ValueError(f"{what} {name!r} is not an interface name")
 
     @property
     def network_managed(self) -> bool:

@@ -566,6 +566,13 @@ class Firewall:
         if text != self._last_text:
             await run_tool("nft", "-f", "-", stdin=text.encode())
             self._last_text = text
+        await self.network.set_public_addresses(self._elastic_ips(policy))
+
+    def _elastic_ips(self, policy: Policy | None) -> set[str]:
+        if policy is None:
+            return set()
+        return {spec.public_ip for p in self.ports() if (spec := policy.instances.get(p.instance_id))
+                and spec.public_ip}
 
     async def _bridged_ip_hooks(self) -> None:
         """Have bridged IPv4 pass the IP hooks (conntrack + our forward chain): the

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from .errors import BadRequest
 from .segments import Segments, check_bridge_name
-from .tools import NetworkError, run_tool
+from .tools import NetworkError, run_tool, send_gratuitous_arp
 
 log = logging.getLogger("eucalypt.node.network")
 
@@ -116,7 +116,8 @@ class NodeNetwork:
     """See the module doc. One object per agent; not shared."""
 
     def __init__(self, data_dir: Path, bridge: str, subnet: str, *, dns_servers: list[str] | None = None,
-                 tunnel_ip: str | None = None, uplink: str | None = None) -> None:
+                 tunnel_ip: str | None = None, uplink: str | None = None,
+                 public_interface: str | None = None) -> None:
         self.bridge = bridge
         self.net = ipaddress.IPv4Network(subnet)
         self.subnet = str(self.net)
@@ -133,6 +134,7 @@ class NodeNetwork:
         self._nat_installed = False
         self._lock = asyncio.Lock()
         self.tunnel_ip, self.uplink = tunnel_ip, uplink
+        self.public_interface = public_interface
         self.segments = Segments(data_dir, bridge, tunnel_ip=tunnel_ip, uplink=uplink)
         self._contexts: tuple[DhcpContext, ...] = ()  # the managed segments' subnets
 
@@ -287,8 +289,34 @@ class NodeNetwork:
             self._dnsmasq = None
             self.pid_file.unlink(missing_ok=True)
 
+    async def set_public_addresses(self, addresses: set[str]) -> None:
+        """With --public-interface: hold exactly these elastic IPs (of this node's
+        instances) as /32 addresses there, so the public network's ARP finds the node
+        that hosts each; a newly held one is announced (gratuitous ARP), so a move
+        between nodes takes effect at once. Without: nothing (the operator routes the
+        public range to the nodes)."""
+        if not self.public_interface:
+            return
+        state = self._state()
+        held = set(state.get("public_addresses", []))
+        for ip in sorted(addresses - held):
+            code, _, err = await run_tool("ip", "addr", "add", f"{ip}/32", "dev", self.public_interface, check=False)
+            if code != 0 and "File exists" not in err:
+                raise NetworkError(f"adding elastic IP {ip} to {self.public_interface}: {err}")
+            held.add(ip)
+            self._save_state({**state, "public_addresses": sorted(held)})
+            try:
+                await asyncio.to_thread(send_gratuitous_arp, self.public_interface, ip)
+            except OSError as exc:
+                log.warning("network: announcing %s on %s: %s", ip, self.public_interface, exc)
+        for ip in sorted(held - addresses):
+            await run_tool("ip", "addr", "del", f"{ip}/32", "dev", self.public_interface, check=False)
+            held.discard(ip)
+        self._save_state({**self._state(), "public_addresses": sorted(held)})
+
     async def stop(self, *, instances_left: int = 0) -> None:
         await self._stop_dnsmasq()
+        await self.set_public_addresses(set())  # the DNAT goes with the tables below
         await run_tool("nft", "delete", "table", "ip", self.table, check=False)
         await run_tool("nft", "delete", "table", "bridge", self.table, check=False)  # firewall.py's
         self._nat_installed = False

@@ -156,11 +156,21 @@ class ManagedCloud:
     """Two nodes in namespaces on one underlay, their guests, the policy documents."""
 
     def __init__(self, fabric: Fabric, tmp_path: Path, mode: str, zones: tuple[str, str], slices: dict,
-                 ic_walrus, system_bucket) -> None:
+                 ic_walrus, system_bucket, *, public: bool = False) -> None:
         self.fabric, self.mode, self.zones, self.slices = fabric, mode, zones, slices
         self.node_ns = [fabric.add_ns("eumn1"), fabric.add_ns("eumn2")]
         self.tunnel = ["192.0.2.1", "192.0.2.2"]
         fabric.underlay(self.node_ns[0], self.node_ns[1], "under", "under", "192.0.2.1/24", "192.0.2.2/24")
+        extra = []
+        if public:  # a public LAN: a bridge in the "outside" namespace, each node's "pub" on it
+            self.outside = fabric.add_ns("euout")
+            sh("ip", "-n", self.outside, "link", "add", "lan", "type", "bridge")
+            sh("ip", "-n", self.outside, "addr", "add", f"{OUTSIDE_IP}/24", "dev", "lan")
+            sh("ip", "-n", self.outside, "link", "set", "lan", "up")
+            for n in (1, 2):
+                fabric.underlay(self.node_ns[n - 1], self.outside, "pub", f"lan{n}", f"198.51.100.{1 + n}/24")
+                sh("ip", "-n", self.outside, "link", "set", f"lan{n}", "master", "lan")
+            extra = ["--public-interface", "pub"]
         self.bridge = f"ebr{fabric.tag}"
         self.args, self.nodes, self.data = [], [], []
         for n in (1, 2):
@@ -169,7 +179,7 @@ class ManagedCloud:
             self.data.append(data)
             self.args.append(node_process_args(tmp_path, ic_walrus.url, system_bucket, "--bridge", self.bridge,
                                                "--subnet", FLAT, "--tunnel-ip", self.tunnel[n - 1],
-                                               "--cluster", zones[n - 1]))
+                                               "--cluster", zones[n - 1], *extra))
             self.nodes.append(NetnsNode(self.node_ns[n - 1], data, self.args[-1]))
         self.insts: list[Inst] = []
         self.guest_ns: dict[str, str] = {}
@@ -213,12 +223,14 @@ class ManagedCloud:
         self.insts.append(inst)
         return inst
 
-    def policy(self, version: int, node: int, groups: dict) -> dict:
+    def policy(self, version: int, node: int, groups: dict, eips: dict[str, str] | None = None) -> dict:
         members: dict[str, list[str]] = {}
         for i in self.insts:
             members.setdefault(i.group, []).append(i.ip)
+        eips = eips or {}
         return {"version": version,
-                "instances": {i.instance_id: {"private_ip": i.ip, "groups": [i.group], "public_ip": None}
+                "instances": {i.instance_id: {"private_ip": i.ip, "groups": [i.group],
+                                              "public_ip": eips.get(i.label)}
                               for i in self.insts if i.node == node},
                 "groups": groups, "members": members,
                 "network": {"mode": self.mode, "groups": {g: self.group_net(g, node) for g in self.slices},
@@ -227,9 +239,9 @@ class ManagedCloud:
                                                       if z != "segment"}),
                             "peers": [{"tunnel_ip": self.tunnel[2 - node], "same_zone": self.zones[0] == self.zones[1]}]}}
 
-    def push(self, version: int, groups: dict) -> None:
+    def push(self, version: int, groups: dict, eips: dict[str, str] | None = None) -> None:
         for node in (1, 2):
-            assert self.api(node, "PUT", "/node/v1/network-policy", self.policy(version, node, groups)) == \
+            assert self.api(node, "PUT", "/node/v1/network-policy", self.policy(version, node, groups, eips)) == \
                 {"version": version, "enforced": True}
 
     def matrix(self) -> set[tuple[str, str, int]]:
@@ -417,6 +429,44 @@ def test_managed_novlan_rules_alone_separate_the_groups(tmp_path, fabric, image,
         assert c.matrix() == expected(c.insts, V1)
         c.push(2, V2)
         assert c.matrix() == expected(c.insts, V2)
+    finally:
+        c.stop()
+
+
+OUTSIDE_IP, EIP = "198.51.100.1", "198.51.100.50"
+
+
+@needs_root
+def test_elastic_ip_moves_between_nodes_on_the_public_lan(tmp_path, fabric, image, ic_walrus, system_bucket):
+    """The nodes hold their instances' elastic IPs on --public-interface: an outside host
+    on that LAN reaches A1 (node 1) on it, then A2 (node 2) once it moves (gratuitous ARP,
+    no wait for the outside's ARP cache), and nothing once it is released."""
+    c = ManagedCloud(fabric, tmp_path, "managed", ("az-a", "az-a"), ONE_ZONE, ic_walrus, system_bucket, public=True)
+    try:
+        c.add("A1", "sg-a", 1, "172.16.1.17")
+        c.add("A2", "sg-a", 2, "172.16.1.18")
+        fabric.listen(c.outside, "outside", [9000])
+
+        def from_outside(port=8002):
+            return probe(c.outside, [f"{EIP}:{port}"])[f"{EIP}:{port}"]
+
+        def seen_by_outside(label):
+            return probe(c.guest_ns[label], [f"{OUTSIDE_IP}:9000"])[f"{OUTSIDE_IP}:9000"]
+
+        c.push(1, V1)
+        assert from_outside() is None
+        c.push(2, V1, {"A1": EIP})
+        assert from_outside() == f"A1:8002:{OUTSIDE_IP}"
+        assert from_outside(8001) is None  # sg-a lets the outside in on 8002 only
+        assert seen_by_outside("A1") == f"outside:9000:{EIP}"       # its own traffic leaves as the EIP
+        assert seen_by_outside("A2") == "outside:9000:198.51.100.3"  # masqueraded as its node
+        c.push(3, V1, {"A2": EIP})
+        assert f"{EIP}/32" not in in_ns(c.node_ns[0], "ip", "-br", "addr", "show", "dev", "pub")
+        assert from_outside() == f"A2:8002:{OUTSIDE_IP}"
+        assert seen_by_outside("A2") == f"outside:9000:{EIP}"
+        c.push(4, V1)
+        assert from_outside() is None
+        assert f"{EIP}/32" not in in_ns(c.node_ns[1], "ip", "-br", "addr", "show", "dev", "pub")
     finally:
         c.stop()
 
