@@ -22,7 +22,9 @@ from eucalypt.service import resolve_settings, run_service, serve_until_signalle
 
 CONTROL_DEFAULTS = {"host": "127.0.0.1", "port": 8773, "data_dir": Path("./var/control"), "walrus": None,
                     "region": "eucalyptus", "zones": [], "public_url": None, "public_ips": [],
-                    "heartbeat_interval": 5.0, "terminated_retention": 3600.0, "launch_timeout": 300.0}
+                    "heartbeat_interval": 5.0, "terminated_retention": 3600.0, "launch_timeout": 300.0,
+                    "network_mode": "flat", "vlans": "10-4094", "group_prefix": 24, "zone_networks": [],
+                    "max_nodes_per_zone": 16, "auto_public_ips": False}
 
 
 def add_parser(subparsers) -> None:
@@ -45,6 +47,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--public-url", help="the EC2 URL to advertise [http://HOST:PORT/]")
     p.add_argument("--public-ips", action="append",
                    help="elastic IP pool: comma-separated A.B.C.D-A.B.C.E ranges or CIDRs; repeatable [none]")
+    p.add_argument("--auto-public-ips", action=argparse.BooleanOptionalAction, default=None,
+                   help="give every instance an address of the --public-ips pool at launch, as EC2-Classic "
+                        "does (released at terminate; an elastic IP replaces it) [off]")
+    p.add_argument("--network-mode", choices=["flat", "managed", "managed-novlan"],
+                   help="flat: each node's own subnet; managed: a subnet slice and an L2 segment (VLAN/VXLAN) "
+                        "per security group; managed-novlan: slices on one segment [flat]")
+    p.add_argument("--vlans", help="managed: the segment ids groups get, FIRST-LAST [10-4094]")
+    p.add_argument("--group-prefix", type=int, help="managed: the prefix length of a group's slice [24]")
+    p.add_argument("--zone-network", action="append", dest="zone_networks", metavar="ZONE=CIDR",
+                   help="managed: a zone's private range, cut into the groups' slices; repeatable "
+                        "[172.(16+i).0.0/16 for the i-th zone]")
+    p.add_argument("--max-nodes-per-zone", type=int,
+                   help="managed: node gateways reserved at the start of each slice [16]")
     p.add_argument("--heartbeat-interval", type=float,
                    help="seconds between node heartbeats; a node is unreachable after 3 missed [5]")
     p.add_argument("--terminated-retention", type=float,
@@ -76,12 +91,18 @@ async def _serve(settings: dict) -> int:
         parse_pool(public_ips)
     except ValueError as exc:
         raise SystemExit(f"eucalypt control: --public-ips: {exc}") from None
+    zones = tuple(settings["zones"] or ()) or (f"{settings['region']}a",)
+    network = network_plan(settings, zones)
+    auto = bool(settings["auto_public_ips"]) and str(settings["auto_public_ips"]).lower() not in ("0", "false", "no")
+    if auto and not public_ips:
+        raise SystemExit("eucalypt control: --auto-public-ips needs a --public-ips pool")
     config = ControlConfig(data_dir=settings["data_dir"], host=settings["host"], port=int(settings["port"]),
                            walrus_url=settings["walrus"], region=settings["region"],
-                           zones=tuple(settings["zones"] or ()), public_url=settings["public_url"],
+                           zones=zones, public_url=settings["public_url"],
                            public_ips=public_ips, heartbeat_interval=float(settings["heartbeat_interval"]),
                            terminated_retention=float(settings["terminated_retention"]),
-                           launch_timeout=float(settings["launch_timeout"]))
+                           launch_timeout=float(settings["launch_timeout"]), network=network,
+                           auto_public_ips=auto)
     server = ControlServer(config)
     await server.start()
     print(f"control: listening on {server.url}", flush=True)
@@ -89,6 +110,31 @@ async def _serve(settings: dict) -> int:
     print(f"control: admin credentials: eucalypt admin --data-dir {config.data_dir} credentials admin "
           f"--out DIR", flush=True)
     return await serve_until_signalled(server, "control")
+
+
+def network_plan(settings: dict, zones: tuple[str, ...]):
+    """The network mode's settings, checked (SystemExit says what is wrong)."""
+    from .netmodes import NetworkPlan
+
+    try:
+        first, _, last = str(settings["vlans"]).partition("-")
+        vlans = (int(first), int(last))
+    except ValueError:
+        raise SystemExit(f"eucalypt control: --vlans {settings['vlans']!r}: expected FIRST-LAST, e.g. 10-4094") \
+            from None
+    given = settings["zone_networks"] or []
+    zone_networks = {}
+    for item in [given] if isinstance(given, str) else given:
+        zone, sep, cidr = str(item).partition("=")
+        if not sep or not zone or not cidr:
+            raise SystemExit(f"eucalypt control: --zone-network {item!r}: expected ZONE=CIDR")
+        zone_networks[zone] = cidr
+    try:
+        return NetworkPlan.build(settings["network_mode"] or "flat", zones, vlans=vlans,
+                                 group_prefix=int(settings["group_prefix"]), zone_networks=zone_networks,
+                                 max_nodes_per_zone=int(settings["max_nodes_per_zone"]))
+    except ValueError as exc:
+        raise SystemExit(f"eucalypt control: {exc}") from None
 
 
 # ---- admin ----------------------------------------------------------------------------------

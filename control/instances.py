@@ -42,7 +42,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 
-from . import policy
+from . import netmodes, policy, public_ips
 from .scheduler import NodeCapacity
 from .store import get_json, get_text, put_json, put_text, scan_json
 from . import nodes as nodes_mod
@@ -115,14 +115,18 @@ def set_state(txn, record: dict, state: str, now: float, *, reason_code: str | N
     return record
 
 
-def _release(txn, record: dict) -> None:
+def _release(txn, record: dict, *, keep_public: bool = False) -> None:
     if record.get("node_id"):
         txn.delete("node_instances", f"{record['node_id']}/{record['id']}".encode())
     if record.get("private_ip") and record.get("subnet"):
         key = f"{record['subnet']}/{record['private_ip']}"
         if get_text(txn, "private_ips", key) == record["id"]:
             txn.delete("private_ips", key.encode())
-    if record.get("public_ip"):
+    if keep_public:
+        return
+    if public_ips.drop(txn, record.get("public_ip")):
+        record.update(public_ip=None, allocation_id=None, association_id=None)
+    elif record.get("public_ip"):
         address = get_json(txn, "addresses", record["public_ip"])
         if address is not None and address.get("instance_id") == record["id"]:
             address.update(instance_id=None, association_id=None, private_ip=None)
@@ -170,11 +174,16 @@ def placed_usage(txn, node_id: str) -> tuple[int, int, int]:
     return cores, memory, disk
 
 
-def capacities(txn, zone: str, now: float, interval: float) -> list[NodeCapacity]:
-    """Free capacity of each reachable node of a zone: what it offers minus what control placed."""
+def capacities(txn, zone: str, now: float, interval: float,
+               plan: netmodes.NetworkPlan | None = None) -> list[NodeCapacity]:
+    """Free capacity of each reachable node of a zone: what it offers minus what control
+    placed; in a managed network mode only nodes that can host its instances count."""
     out = []
+    several = len(nodes_mod.list_nodes(txn)) > 1 if plan is not None and plan.managed else False
     for node in nodes_mod.list_nodes(txn, zone):
         if not nodes_mod.reachable(node, now, interval):
+            continue
+        if plan is not None and not netmodes.can_host(plan, node, several):
             continue
         total = nodes_mod.totals(node)
         used = placed_usage(txn, node["node_id"])
@@ -284,7 +293,17 @@ def _apply_doc(txn, record: dict, doc: dict, node_id: str, now: float) -> list[t
     return []  # "pending" on the node: the launch is under way
 
 
-def move_launch(txn, account_id: str, instance_id: str, now: float, interval: float) -> tuple[dict, dict] | None:
+def place_network(txn, plan: netmodes.NetworkPlan | None, record: dict, node: dict) -> None:
+    """The instance's subnet, private IP and (managed modes) network on `node`."""
+    if plan is not None and plan.managed:
+        netmodes.instance_network(txn, plan, record, node)
+    else:
+        record["subnet"], record["private_ip"] = allocate_private_ip(txn, node.get("network") or {}, record["id"])
+        record["network"] = None
+
+
+def move_launch(txn, account_id: str, instance_id: str, now: float, interval: float,
+                plan: netmodes.NetworkPlan | None = None) -> tuple[dict, dict] | None:
     """Place a pending instance whose node became unreachable before it confirmed the
     launch on another node of its zone: (record, node), or None if nothing fits (or it is
     no longer a pending launch). Should the old node come back holding it after all,
@@ -295,18 +314,16 @@ def move_launch(txn, account_id: str, instance_id: str, now: float, interval: fl
     if record is None or record["state"] != "pending" or record.get("launch") == "confirmed":
         return None
     old = record.get("node_id")
-    options = [c for c in capacities(txn, record["zone"], now, interval) if c.node_id != old]
+    options = [c for c in capacities(txn, record["zone"], now, interval, plan) if c.node_id != old]
     images = tuple(i for i in (record["image_id"], record.get("kernel_id"), record.get("ramdisk_id")) if i)
     chosen = place(options, 1, cores=record["vcpus"], memory_mib=record["memory_mib"], disk_gb=record["disk_gb"],
                    images=images)
     if not chosen:
         return None
-    public = (record.get("public_ip"), record.get("allocation_id"), record.get("association_id"))
-    _release(txn, record)
-    record["public_ip"], record["allocation_id"], record["association_id"] = public
+    _release(txn, record, keep_public=True)
     node = nodes_mod.get_node(txn, chosen[0])
     record["node_id"] = chosen[0]
-    record["subnet"], record["private_ip"] = allocate_private_ip(txn, node.get("network") or {}, instance_id)
+    place_network(txn, plan, record, node)
     record["launch"] = "sent"
     put_instance(txn, record)
     put_text(txn, "node_instances", f"{chosen[0]}/{instance_id}", account_id)

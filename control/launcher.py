@@ -66,7 +66,7 @@ def launch_body(record: dict, region: str) -> dict:
     return {"instance_id": record["id"], "image_id": record["image_id"],
             "instance_type": record["instance_type"], "vcpus": record["vcpus"],
             "memory_mib": record["memory_mib"], "kernel_id": record.get("kernel_id"),
-            "ramdisk_id": record.get("ramdisk_id"), "private_ip": private_ip,
+            "ramdisk_id": record.get("ramdisk_id"), "private_ip": private_ip, "network": record.get("network"),
             "ephemeral_gb": 0, "swap_mb": 0, "user_data": record.get("user_data"), "metadata": metadata}
 
 
@@ -212,8 +212,8 @@ class Launcher:
                 if record is None or record["state"] != "pending":
                     break
                 if current is None or not nodes_mod.reachable(current, self.now(), self.interval):
-                    moved = await self.store.write(lambda txn: inst.move_launch(txn, account, instance_id,
-                                                                                self.now(), self.interval))
+                    moved = await self.store.write(lambda txn: inst.move_launch(
+                        txn, account, instance_id, self.now(), self.interval, self.service.config.network))
                     if moved is not None:
                         policy_changed(self.service)
                         log.info("moving the launch of %s from unreachable %s to %s", instance_id,

@@ -23,6 +23,7 @@ quiet, for the reason shown on its instances.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import internal
+from . import internal, netmodes
 from .store import get_json, put_json, scan_json
 
 log = logging.getLogger("eucalypt.control.nodes")
@@ -100,7 +101,25 @@ def parse_heartbeat(doc) -> Heartbeat:
     if not isinstance(policy_version, int) or isinstance(policy_version, bool) or policy_version < 0:
         raise bad("policy_version must be a non-negative integer")
     return Heartbeat(node_id, url.rstrip("/"), cluster, started, resources, tuple(images), tuple(instances),
-                     {k: network.get(k) for k in ("bridge", "subnet", "gateway")}, policy_version)
+                     _network(network, bad), policy_version)
+
+
+def _network(network: dict, bad) -> dict:
+    """The heartbeat's network, checked; an older agent's (no modes) can do flat only."""
+    out = {k: network.get(k) for k in ("bridge", "subnet", "gateway")}
+    modes, transports = network.get("modes") or ["flat"], network.get("transports") or []
+    for what, value in (("modes", modes), ("transports", transports)):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad(f"network.{what} must be a list of names")
+    tunnel_ip, uplink = network.get("tunnel_ip"), network.get("uplink")
+    if tunnel_ip is not None:
+        try:
+            tunnel_ip = str(ipaddress.IPv4Address(tunnel_ip))
+        except (ValueError, TypeError):
+            raise bad("network.tunnel_ip must be an IPv4 address or null") from None
+    if uplink is not None and not isinstance(uplink, str):
+        raise bad("network.uplink must be an interface name or null")
+    return {**out, "modes": modes, "transports": transports, "tunnel_ip": tunnel_ip, "uplink": uplink}
 
 
 def assign_cluster(requested: str | None, zones: tuple[str, ...]) -> str:
@@ -111,8 +130,17 @@ def assign_cluster(requested: str | None, zones: tuple[str, ...]) -> str:
     return requested
 
 
-def record_heartbeat(txn, hb: Heartbeat, cluster: str, now: float) -> dict:
+def record_heartbeat(txn, hb: Heartbeat, cluster: str, now: float, plan=None) -> dict:
+    """Write the node's record. In a managed network mode (``plan``) the node gets its
+    index in the zone (netmodes.ZoneFull when none is left), and a new node or a changed
+    tunnel endpoint is a policy change: every node's peers, this node's gateways."""
+    from . import policy
+
     old = get_json(txn, "nodes", hb.node_id) or {}
+    if plan is not None and plan.managed:
+        _, new_index = netmodes.ensure_node_index(txn, plan, hb.node_id, cluster)
+        if new_index or not old or (old.get("network") or {}).get("tunnel_ip") != hb.network.get("tunnel_ip"):
+            policy.bump(txn)
     record = {"node_id": hb.node_id, "url": hb.url, "cluster": cluster, "started": hb.started,
               "resources": hb.resources, "images": list(hb.images), "network": hb.network,
               "instance_ids": [d["instance_id"] for d in hb.instances], "policy_version": hb.policy_version,
@@ -204,14 +232,20 @@ async def handle_heartbeat(service, request: web.Request) -> web.Response:
         return web.json_response({"error": exc.message}, status=exc.status)
     grace = service.config.heartbeat_interval
 
+    plan = service.config.network
+
     def mutate(txn):
         old = get_node(txn, hb.node_id)
-        node = record_heartbeat(txn, hb, cluster, now)
+        node = record_heartbeat(txn, hb, cluster, now, plan)
         if hb.policy_version > policy.current_version(txn):
             policy.raise_above(txn, hb.policy_version)  # control's state is older than the node's
         return old, node, reconcile_node(txn, node, hb.instances, now, grace=grace)
 
-    old, node, actions = await service.store.write(mutate)
+    try:
+        old, node, actions = await service.store.write(mutate)
+    except netmodes.ZoneFull as exc:
+        log.warning("heartbeat rejected (409): %s", exc)
+        return web.json_response({"error": str(exc)}, status=409)
     if old is None or old["url"] != node["url"] or old["started"] != node["started"]:
         log.info("node %s registered at %s in %s", hb.node_id, hb.url, cluster)
     elif old.get("unreachable_since") is not None:

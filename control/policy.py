@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .netmodes import NetworkPlan, policy_network
 from .store import get_json, get_text, scan_json
 
 POLICY_TREE = "policy"
@@ -126,16 +127,21 @@ def node_instances(txn, node_id: str) -> list[dict]:
     return out
 
 
-def node_policy(txn, node_id: str, version: int, *, members: dict[str, list[str]] | None = None) -> dict:
+def node_policy(txn, node_id: str, version: int, *, members: dict[str, list[str]] | None = None,
+                plan: NetworkPlan | None = None, region: str | None = None) -> dict:
     """The complete network policy of one node at ``version``. ``members`` (live_members)
-    may be passed in when computing the documents of many nodes from one snapshot."""
+    may be passed in when computing the documents of many nodes from one snapshot. In a
+    managed network mode (``plan``) the document says which segments the node must have;
+    with ``region`` the public host names are given for the metadata service."""
     if members is None:
         members = live_members(txn)
     instances, groups = {}, {}
     for record in sorted(node_instances(txn, node_id), key=lambda r: r["id"]):
         group_ids = [g["id"] for g in record["groups"]]
-        instances[record["id"]] = {"private_ip": record["private_ip"], "groups": group_ids,
-                                   "public_ip": record.get("public_ip") or None}
+        public_ip = record.get("public_ip") or None
+        instances[record["id"]] = {"private_ip": record["private_ip"], "groups": group_ids, "public_ip": public_ip}
+        if public_ip and region:
+            instances[record["id"]]["public_hostname"] = f"euca-{public_ip.replace('.', '-')}.{region}.compute"
         for group_id in group_ids:
             if group_id not in groups:
                 # A group gone from the store (it cannot be deleted while in use, but an
@@ -143,8 +149,13 @@ def node_policy(txn, node_id: str, version: int, *, members: dict[str, list[str]
                 stored = _group(txn, group_id) or {"ingress": [], "egress": []}
                 groups[group_id] = {"ingress": rules_of(stored["ingress"]), "egress": rules_of(stored["egress"])}
     named = sorted({g for doc in groups.values() for rule in doc["ingress"] + doc["egress"] for g in rule["groups"]})
-    return {"version": version, "instances": instances, "groups": groups,
-            "members": {g: list(members.get(g, ())) for g in named}}
+    doc = {"version": version, "instances": instances, "groups": groups,
+           "members": {g: list(members.get(g, ())) for g in named}}
+    if plan is not None and plan.managed:
+        node = get_json(txn, "nodes", node_id)
+        if node is not None:
+            doc["network"] = policy_network(txn, plan, node, members.keys(), [n for _, n in scan_json(txn, "nodes")])
+    return doc
 
 
 def policy_nodes(txn) -> list[str]:

@@ -63,8 +63,10 @@ async def put_policy(client: NodeClient, doc: dict) -> int:
 
 class PolicyPusher:
     def __init__(self, store, secret: str, clock, *, interval: float, poll: float = 1.0,
-                 retry_min: float = 0.5, retry_max: float = 30.0, call_timeout: float = 30.0) -> None:
+                 retry_min: float = 0.5, retry_max: float = 30.0, call_timeout: float = 30.0,
+                 network=None, region: str | None = None) -> None:
         self.store, self.secret, self.clock = store, secret, clock
+        self.network, self.region = network, region   # the managed modes' plan; public host names
         self.interval = interval          # the heartbeat interval: reachability
         self.poll, self.retry_min, self.retry_max = poll, retry_min, retry_max
         self.call_timeout = call_timeout
@@ -154,7 +156,8 @@ class PolicyPusher:
                 with self.store.read() as txn:
                     version = policy.current_version(txn)
                     node = nodes_mod.get_node(txn, node_id)
-                    doc = policy.node_policy(txn, node_id, version) if node is not None else None
+                    doc = policy.node_policy(txn, node_id, version, plan=self.network,
+                                             region=self.region) if node is not None else None
                 if node is None or self._known.get(node_id, -1) >= version:
                     return
                 try:

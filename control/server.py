@@ -43,6 +43,7 @@ from .launcher import Launcher
 from .policy_push import PolicyPusher
 from .imaging import ImagePreparer
 from .metrics import ControlMetrics
+from .netmodes import NetworkPlan
 
 log = logging.getLogger("eucalypt.control")
 
@@ -88,10 +89,14 @@ class ControlConfig:
     launch_timeout: float = 300.0  # a launch fails once its node was unreachable this long
     image_cache_bytes: int | None = None  # cap of the decrypted image cache in Walrus (None: no cap)
     image_prepare_concurrency: int = 1    # bundles prepared at once (each uses ~3 cores' worth of threads)
+    network: NetworkPlan | None = None    # the network mode and its address plan (None: flat)
+    auto_public_ips: bool = False         # every instance gets a pool address at launch (EC2-Classic)
 
     def __post_init__(self) -> None:
         if not self.zones:
             self.zones = (f"{self.region}a",)
+        if self.network is None:
+            self.network = NetworkPlan.build("flat", self.zones)
 
 
 @dataclass
@@ -148,7 +153,8 @@ class ControlServer:
         self.service.launcher = Launcher(self.service)
         await self.service.launcher.start()
         self.service.policy = PolicyPusher(data.store, data.service_secret, self.clock,
-                                           interval=self.config.heartbeat_interval)
+                                           interval=self.config.heartbeat_interval, network=self.config.network,
+                                           region=self.config.region)
         await self.service.policy.start()
         self.service.walrus_url = self.config.walrus_url or data.endpoints()["s3_url"]
         data.announce(self.service.public_url, self.service.walrus_url, self.config.region)

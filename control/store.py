@@ -18,6 +18,7 @@ Trees (keys are ASCII; ``A`` is a 12-digit account id):
     private_ips      SUBNET/IP -> INSTANCEID           (allocated from each node's subnet)
     addresses        PUBLICIP -> elastic IP record      address_ids  eipalloc-... -> PUBLICIP
     policy           b"version" -> the network policy counter (policy.py)
+    group_index      GROUPID -> k; group_slots, node_index, node_slots: netmodes.py (managed modes)
     account_requests REQUESTID -> a visitor's account request (console/requests.py)
     console_passwords A/USER -> the user's console password hash (console/passwords.py)
     stats            the group-commit writer's persistent counters
@@ -45,7 +46,8 @@ SCHEMA = b"1"
 TREES = ("meta", "accounts", "account_names", "users", "access_keys", "canonical", "keypairs",
          "keypair_ids", "groups", "group_names", "group_ids", "tags", "nodes", "instances", "instance_ids",
          "node_instances", "client_tokens", "private_ips", "addresses", "address_ids", "images",
-         "account_requests", "console_passwords", "policy", STATS_TREE)
+         "account_requests", "console_passwords", "policy",
+         "group_index", "group_slots", "node_index", "node_slots", STATS_TREE)  # the last four: netmodes.py
 
 
 def get_json(txn: ReadTxn, tree: str, key: str) -> dict | None:

@@ -67,13 +67,14 @@ class NodeClient:
                            instance_type: str = "m1.small", kernel_id: str | None = None,
                            ramdisk_id: str | None = None, cmdline: str | None = None,
                            private_ip: str | None = None, ephemeral_gb: int = 0, swap_mb: int = 0,
-                           user_data: str | None = None, metadata: dict | None = None) -> dict:
+                           user_data: str | None = None, metadata: dict | None = None,
+                           network: dict | None = None) -> dict:
         """Launch (the body of docs/node-protocol.md); the fields after ramdisk_id are sent
         only when given, so a node that predates them sees the same body as before."""
         body = {"instance_id": instance_id, "image_id": image_id, "instance_type": instance_type,
                 "vcpus": vcpus, "memory_mib": memory_mib, "kernel_id": kernel_id, "ramdisk_id": ramdisk_id}
         extra = {"cmdline": cmdline, "private_ip": private_ip, "ephemeral_gb": ephemeral_gb or None,
-                 "swap_mb": swap_mb or None, "user_data": user_data, "metadata": metadata}
+                 "swap_mb": swap_mb or None, "user_data": user_data, "metadata": metadata, "network": network}
         body.update({k: v for k, v in extra.items() if v is not None})
         return (await self.call("POST", "/node/v1/instances", body))["instance"]
 

@@ -21,7 +21,7 @@ import ipaddress
 import secrets
 
 from .. import instances as inst
-from .. import policy, policy_push
+from .. import policy, policy_push, public_ips
 from ..errors import Ec2Error, invalid, missing
 from ..store import get_json, get_text, put_json, put_text, scan_json
 from . import tags as tags_mod
@@ -94,16 +94,26 @@ def _target(txn, ctx: Context) -> dict:
     raise missing("AllocationId")
 
 
-def _detach(txn, address: dict) -> None:
-    """Undo an address's association on both sides."""
+def _detach(txn, address: dict, ctx: Context | None = None) -> None:
+    """Undo an address's association on both sides. With --auto-public-ips (ctx given)
+    the instance gets a fresh automatic address in its place, as in EC2-Classic."""
+    record = None
     if address.get("instance_id"):
-        record = inst.get_instance(txn, address["account"], address["instance_id"])
+        record = inst.find_instance(txn, address["instance_id"])
         if record is not None and record.get("public_ip") == address["public_ip"]:
             record.update(public_ip=None, allocation_id=None, association_id=None)
             inst.put_instance(txn, record)
+        else:
+            record = None
+    if public_ips.drop(txn, address["public_ip"]):
+        return
     address.update(instance_id=None, association_id=None, private_ip=None)
     put_json(txn, "addresses", address["public_ip"], address)
     policy.bump(txn)
+    if ctx is not None and ctx.service.config.auto_public_ips and record is not None \
+            and record["state"] in ("pending", "running"):
+        public_ips.assign(txn, parse_pool(ctx.service.config.public_ips), record, ctx.now())
+        inst.put_instance(txn, record)
 
 
 async def allocate_address(ctx: Context) -> dict:
@@ -158,7 +168,7 @@ async def associate_address(ctx: Context) -> dict:
                 raise Ec2Error("Resource.AlreadyAssociated",
                                f"resource {address['allocation_id']} is already associated with associate-id "
                                f"{address['association_id']}")
-            _detach(txn, address)
+            _detach(txn, address, ctx)
         if record.get("public_ip") and record["public_ip"] != address["public_ip"]:
             other = get_json(txn, "addresses", record["public_ip"])
             if other is not None:
@@ -195,7 +205,7 @@ async def disassociate_address(ctx: Context) -> dict:
         else:
             raise missing("AssociationId")
         if found.get("instance_id"):
-            _detach(txn, found)
+            _detach(txn, found, ctx)
 
     await ctx.store.write(mutate)
     policy_push.notify(ctx.service)
@@ -210,7 +220,7 @@ async def release_address(ctx: Context) -> dict:
         if address.get("instance_id"):
             if address["domain"] == "vpc":
                 raise Ec2Error("InvalidIPAddress.InUse", f"Address '{address['public_ip']}' is in use.")
-            _detach(txn, address)
+            _detach(txn, address, ctx)
         txn.delete("addresses", address["public_ip"].encode())
         txn.delete("address_ids", address["allocation_id"].encode())
         delete_all_tags(txn, account, address["allocation_id"])

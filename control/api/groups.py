@@ -19,7 +19,7 @@ import ipaddress
 import re
 import secrets
 
-from .. import policy, policy_push
+from .. import netmodes, policy, policy_push
 from ..errors import Ec2Error, invalid, missing
 from ..store import get_json, get_text, put_json, put_text, scan_json
 from .context import Context
@@ -319,6 +319,7 @@ async def delete_security_group(ctx: Context) -> dict:
         txn.delete("group_names", f"{account}/{group['name']}".encode())
         txn.delete("group_ids", group["id"].encode())
         delete_all_tags(txn, account, group["id"])
+        netmodes.free_group_index(txn, group["id"])  # its segment and slices, for another group
         return group["id"]
 
     group_id = await ctx.store.write(mutate)

@@ -22,13 +22,14 @@ import re
 
 from .. import instances as inst
 from .. import nodes as nodes_mod
-from .. import policy_push
+from .. import policy_push, public_ips
 from ..errors import Ec2Error, invalid, missing
 from ..images import can_launch, get_image
 from ..launcher import dns_name
 from ..scheduler import place
 from ..store import get_json, get_text, put_json
 from . import tags as tags_mod
+from .addresses import parse_pool
 from .context import Context
 from .groups import ensure_default_group
 from .params import Params, filters, tag_filter_matches
@@ -157,6 +158,7 @@ async def run_instances(ctx: Context) -> dict:
                                         kernel_id, ramdisk_id, sorted(g["id"] for g in groups), tags]).encode()
                             ).hexdigest()
     now, interval = ctx.now(), config.heartbeat_interval
+    pool = parse_pool(config.public_ips) if config.auto_public_ips else []
 
     def mutate(txn):
         if token is not None:
@@ -168,7 +170,7 @@ async def run_instances(ctx: Context) -> dict:
                 return prior["reservation_id"], prior["instance_ids"], False
         placement, placed_zone = [], None
         for candidate in ([zone] if zone else config.zones):
-            found = place(inst.capacities(txn, candidate, now, interval), max_count, cores=itype.cpus,
+            found = place(inst.capacities(txn, candidate, now, interval, config.network), max_count, cores=itype.cpus,
                           memory_mib=itype.memory_mib, disk_gb=itype.disk_gb, images=wanted_images)
             if len(found) > len(placement):
                 placement, placed_zone = found, candidate
@@ -184,19 +186,22 @@ async def run_instances(ctx: Context) -> dict:
         for index, node_id in enumerate(placement):
             instance_id = inst.new_instance_id(txn)
             node = nodes_mod.get_node(txn, node_id)
-            subnet, private_ip = inst.allocate_private_ip(txn, node.get("network") or {}, instance_id)
-            inst.create_instance(txn, {
+            record = {
                 "id": instance_id, "account": account, "reservation_id": reservation_id, "launch_index": index,
                 "image_id": image_id, "kernel_id": kernel_id, "ramdisk_id": ramdisk_id,
                 "instance_type": type_name, "vcpus": itype.cpus, "memory_mib": itype.memory_mib,
                 "disk_gb": itype.disk_gb, "key_name": key_name, "public_key": public_key, "groups": groups,
-                "user_data": user_data, "zone": placed_zone, "node_id": node_id, "subnet": subnet,
-                "private_ip": private_ip, "public_ip": None, "allocation_id": None, "association_id": None,
+                "user_data": user_data, "zone": placed_zone, "node_id": node_id,
+                "public_ip": None, "allocation_id": None, "association_id": None,
                 "state": "pending", "state_reason": {"code": "pending", "message": "pending"},
                 "transition_reason": "", "launch_time": now, "client_token": token,
                 "root_device_name": image.get("root_device_name") or "/dev/vda",
                 "architecture": image.get("architecture") or "x86_64", "launch": "queued",
-                "confirmed_at": None, "terminated_at": None})
+                "confirmed_at": None, "terminated_at": None}
+            inst.place_network(txn, config.network, record, node)
+            if config.auto_public_ips:
+                public_ips.assign(txn, pool, record, now)
+            inst.create_instance(txn, record)
             if tags:
                 write_tags(txn, account, instance_id, tags)
             ids.append(instance_id)
