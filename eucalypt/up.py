@@ -56,6 +56,11 @@ def add_parser(subparsers) -> None:
                    help="the instances' subnet (used as root with a real hypervisor) [10.211.0.0/24]")
     p.add_argument("--bridge", default="eubr0",
                    help="the instances' bridge (used as root with a real hypervisor) [eubr0]")
+    p.add_argument("--network-mode", choices=["flat", "managed", "managed-novlan"], default="flat",
+                   help="flat: one subnet, rules per instance; managed: a subnet slice and an L2 segment per "
+                        "security group; managed-novlan: slices on one segment [flat]")
+    p.add_argument("--public-ips", help="an elastic IP pool for control (A.B.C.D-A.B.C.E ranges or CIDRs, "
+                                        "comma-separated) [none]")
     p.add_argument("--max-fast-crashes", type=int, default=5,
                    help="give up when a service crashes this many times in a row, each soon after "
                         "starting [5]")
@@ -228,7 +233,8 @@ def _up(args, state: Path, run_dir: Path, log_dir: Path) -> int:
 
         supervisor.start(ChildSpec("control", (
             *cli, "control", "--host", host, "--port", str(ports["control"]), "--data-dir", str(dirs["control"]),
-            "--walrus", urls["walrus"], *(["--public-url", urls["control"]] if wildcard else [])),
+            "--walrus", urls["walrus"], *(["--public-url", urls["control"]] if wildcard else []),
+            "--network-mode", args.network_mode, *(["--public-ips", args.public_ips] if args.public_ips else [])),
             urls["control"] + "_eucalypt/health"))
         supervisor.start(ChildSpec("walrus", (
             *cli, "walrus", "--host", host, "--port", str(ports["walrus"]), "--data-dir", str(dirs["walrus"]),

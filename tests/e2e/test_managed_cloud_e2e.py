@@ -26,7 +26,7 @@ import pytest
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("node", "control")]
 
-from netfabric import Fabric, probe  # noqa: E402
+from netfabric import Fabric, probe_many  # noqa: E402
 from nsrelay import Relay  # noqa: E402
 from test_control_nodes import make_cloud, walrus_credentials  # noqa: E402
 from test_node_network import API_CALL, NetnsNode  # noqa: E402
@@ -133,11 +133,12 @@ def test_managed_cloud_groups_across_two_zones(tmp_path):
 
         def matrix():
             reached = set()
+            targets = {src: {f"{ips[d]}:{p}": (d, p) for d in guests if d != src for p in PORTS} for src in guests}
+            answers = probe_many({guests[s]: list(t) for s, t in targets.items()})
             for src, ns in guests.items():
-                targets = {f"{ips[d]}:{p}": (d, p) for d in guests if d != src for p in PORTS}
-                for target, answer in probe(ns, list(targets)).items():
+                for target, answer in answers[ns].items():
                     if answer is not None:
-                        d, p = targets[target]
+                        d, p = targets[src][target]
                         assert answer == f"{d}:{p}:{ips[src]}", (src, target, answer)
                         reached.add((src, d, p))
             return reached

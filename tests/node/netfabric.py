@@ -9,7 +9,8 @@
                                 end carries the instance's tap name (what qemu's tap would
                                 be) and whose guest end carries its MAC and private IP
     fabric.listen / probe       TCP listeners answering "<name>:<port>:<peer address>";
-                                bounded-timeout probes of many targets at once
+    probe_many                  bounded-timeout probes of many targets at once (from many
+                                namespaces at once)
     Capture                     AF_PACKET capture in a namespace (frames, decoded: VXLAN VNI
                                 or 802.1Q tag, the inner MACs and IPv4 addresses)
 
@@ -165,3 +166,15 @@ class Fabric:
 
 def probe(ns: str, targets: list[str]) -> dict[str, str | None]:
     return json.loads(ns_python(ns, PROBE, *targets))
+
+
+def probe_many(targets: dict[str, list[str]]) -> dict[str, dict[str, str | None]]:
+    """probe() from several namespaces at once (a matrix costs one timeout, not one per source)."""
+    procs = {ns: subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", PROBE, *t],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for ns, t in targets.items()}
+    out = {}
+    for ns, p in procs.items():
+        stdout, stderr = p.communicate(timeout=60)
+        assert p.returncode == 0, stderr.decode()[-2000:]
+        out[ns] = json.loads(stdout)
+    return out

@@ -37,11 +37,11 @@ from pathlib import Path
 
 import pytest
 
-from netfabric import Capture, Fabric, probe
+from netfabric import Capture, Fabric, probe, probe_many
 from nodetestlib import (  # noqa: F401  (fixtures)
     SECRET, alice_cert, alice_s3, bundle_bucket, cloud_key, ic_walrus, mixed_image, node_process_args, prepare,
     system_bucket, system_endpoint, warm_cache)
-from test_node_network import API_CALL, NetnsNode, in_ns, ns_python, sh
+from test_node_network import API_CALL, NetnsNode, guest_get, in_ns, ns_python, sh
 from node.errors import BadRequest
 from node.firewall import parse_policy, policy_to_json
 from node.segments import GroupNet, Peer, parse_launch_network, parse_network, plan_segments
@@ -248,11 +248,13 @@ class ManagedCloud:
         """(source, destination, port) of every TCP connection answered; the listener must
         have seen the source's own private address (no NAT inside the cloud)."""
         reached = set()
+        targets = {src.label: {f"{d.ip}:{port}": (d, port) for d in self.insts if d is not src for port in PORTS}
+                   for src in self.insts}
+        answers = probe_many({self.guest_ns[s]: list(t) for s, t in targets.items()})
         for src in self.insts:
-            targets = {f"{d.ip}:{port}": (d, port) for d in self.insts if d is not src for port in PORTS}
-            for target, answer in probe(self.guest_ns[src.label], list(targets)).items():
+            for target, answer in answers[self.guest_ns[src.label]].items():
                 if answer is not None:
-                    dst, port = targets[target]
+                    dst, port = targets[src.label][target]
                     assert answer == f"{dst.label}:{port}:{src.ip}", (src.label, target, answer)
                     reached.add((src.label, dst.label, port))
         return reached
@@ -368,6 +370,12 @@ def test_managed_two_nodes_three_groups_six_instances(tmp_path, fabric, image, i
         assert {(s[0], d[0]) for s, d, _ in v1} >= {("A", "A"), ("A", "B"), ("C", "C"), ("B", "C")}  # a real mix
         assert any(s[1] != d[1] for s, d, _ in v1)  # and some of it between the nodes
         assert c.matrix() == v1
+
+        # The metadata service answers from any segment (DNAT to the node's flat gateway),
+        # to the caller's own record: even C1, whose egress rules allow only sg-c.
+        for label in ("A1", "C1"):
+            inst = next(i for i in c.insts if i.label == label)
+            assert guest_get(c.guest_ns[label], "/latest/meta-data/instance-id", inst.ip) == (200, inst.instance_id)
 
         # DHCP on A's segment: one offer, from A1's own node, with its gateway and MTU 1450.
         offers = json.loads(ns_python(c.guest_ns["A1"], DHCP_OFFERS, "eth0", a1.record["mac"]))
