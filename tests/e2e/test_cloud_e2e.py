@@ -121,14 +121,18 @@ def demo_images(tmp_path_factory):
 
 
 
-def test_bundle_register_run_boot_end_to_end(demo_images, tmp_path):
+@pytest.mark.parametrize("mode", ["flat", "managed"])
+def test_bundle_register_run_boot_end_to_end(demo_images, tmp_path, mode):
+    """In managed mode the two instances' groups ("default", "probe") are two segments with
+    subnet slices of their own: the guests' DHCP, metadata and the probe's pings cross
+    the node's routing between them (and the kill -9 of step 6 is the flat run's alone)."""
     ns = Namespace()
     state = tmp_path / "state"
     up = None
     up_log = open(tmp_path / "up.log", "w")
     try:
-        up = subprocess.Popen(ns.argv(BIN / "eucalypt", "up", "--state-dir", state), stdout=up_log,
-                              stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        up = subprocess.Popen(ns.argv(BIN / "eucalypt", "up", "--state-dir", state, "--network-mode", mode),
+                              stdout=up_log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
 
         def ready():
             if up.poll() is not None:
@@ -164,6 +168,8 @@ def test_bundle_register_run_boot_end_to_end(demo_images, tmp_path):
         described = ec2("describe-instances", "--instance-ids", instance)["Reservations"][0]["Instances"][0]
         private_ip = described["PrivateIpAddress"]
         assert private_ip and private_ip in console
+        if mode == "managed":  # the default group's slice (index 1) in the zone's 172.16.0.0/16
+            assert private_ip == "172.16.1.17", private_ip
         ping = ns.run("ping", "-c", "3", "-W", "2", private_ip, check=False)
         assert ping.returncode == 0, ping.stdout + ping.stderr
 
@@ -187,6 +193,9 @@ def test_bundle_register_run_boot_end_to_end(demo_images, tmp_path):
             return doc["Reservations"][0]["Instances"][0]["State"]["Name"]
         wait_for(lambda: state_of(second) == "running", 300, f"{second} to run", 2)
         assert node_metric("eucalypt_node_chunk_fetched_bytes_total") == fetched
+        if mode == "managed":
+            second_ip = ec2("describe-instances", "--instance-ids", second)["Reservations"][0]["Instances"][0]
+            assert second_ip["PrivateIpAddress"] == "172.16.2.17"  # probe's own slice
 
         def probes() -> list[str]:
             out = ec2("get-console-output", "--instance-id", second).get("Output") or ""
@@ -199,6 +208,8 @@ def test_bundle_register_run_boot_end_to_end(demo_images, tmp_path):
         ec2("terminate-instances", "--instance-ids", second)
         wait_for(lambda: state_of(second) == "terminated", 120, f"{second} to terminate", 2)
 
+        if mode != "flat":
+            return
         # Step 6: kill -9 control while the first instance runs; after the restart it is
         # still running and can be terminated.
         pid_file = state / "run" / "control.pid"
