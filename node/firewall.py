@@ -1,12 +1,21 @@
-"""Security groups and elastic IPs on the node (issue #8, flat mode): the network policy
-control pushes (docs/node-protocol.md, "Network policy") turned into nftables, applied
-in one `nft -f` transaction, kept in LMDB and re-applied when the agent starts.
+"""Security groups and elastic IPs on the node (issue #8): the network policy control
+pushes (docs/node-protocol.md, "Network policy") turned into nftables, applied in one
+`nft -f` transaction, kept in LMDB and re-applied when the agent starts.
 
     parse_policy(doc)       the PUT body, checked (BadRequest with the reason) -> Policy
     render_ruleset(...)     pure: (policy | None, the node's instance ports, bridge, subnet,
-                            gateway, metadata port) -> the text `nft -f -` reads
+                            gateway, metadata port, Layout) -> the text `nft -f -` reads
     Firewall                the agent's object: install (at start, from LMDB), set_policy
-                            (the PUT), refresh (after a launch or terminate)
+                            (the PUT), prepare (before a launch's domain starts: its
+                            segment too), refresh (after a launch or terminate)
+
+In the managed modes (the policy's "network", segments.py) the Firewall first makes the
+node's segments match (bridges, VXLAN/802.1Q ports, gateways, DHCP), then renders the
+same chains over every segment bridge (a Layout): frames arriving from the fabric are
+marked in the bridge table and skip the egress rules (the sending node ran them), and a
+local instance's traffic to the cloud's private ranges beyond this node is passed on
+(the receiving node runs the destination's ingress rules) -- each rule is enforced once,
+on the node of the instance it belongs to.
 
 Where the filtering happens, and why there. Instances on one bridge talk at L2, so a
 `bridge` family table would see tap-to-tap frames by port name; but this kernel (and

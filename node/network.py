@@ -10,6 +10,10 @@ the agent when NodeConfig.network_managed (bridge + subnet set, and root or aske
                             interface, an (empty) forward filter chain for security groups
     add_host / remove_host  one "MAC,IP,hostname" line per instance in DATA/network/dhcp-hosts,
                             then SIGHUP to dnsmasq (it re-reads the file)
+    set_contexts            the managed segments' subnets dnsmasq serves too (segments.py
+                            makes the bridges; a changed set restarts dnsmasq)
+    set_public_addresses    with --public-interface: the elastic IPs held there (/32) and
+                            announced by gratuitous ARP
     stop()                  dnsmasq stopped (by the PID we started), the tables removed (this
                             one and firewall.py's bridge table of the same name), the
                             bridge removed only if we created it and no instance of ours is

@@ -35,6 +35,7 @@ import pytest
 from nodetestlib import (  # noqa: F401  (fixtures)
     SECRET, alice_cert, alice_s3, bundle_bucket, cloud_key, hypervisor, ic_walrus, mixed_image, node_config,
     node_health, node_process_args, prepare, start_node, start_node_process, system_bucket, system_endpoint, warm_cache)
+from netfabric import LISTEN, probe
 from test_node_network import API_CALL, DHCP_DISCOVER, NetnsNode, guest_get, in_ns, ns_python, sh
 from node.client import NodeApiError, NodeClient
 from node.errors import BadRequest
@@ -219,40 +220,6 @@ PORTS_PROBED = (8001, 8002, 8003)
 UPLINK_NODE, UPLINK_OUTSIDE, UPLINK_NET = "198.18.0.1", "198.18.0.2", "198.18.0.0/30"
 PUBLIC_RANGE, PUBLIC_IP = "198.51.100.0/24", "198.51.100.7"
 OUTSIDE_PORT = 9000
-
-LISTEN = """
-import asyncio, sys
-name, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
-async def main():
-    async def serve(port, reader, writer):
-        writer.write(f"{name}:{port}:{writer.get_extra_info('peername')[0]}\\n".encode())
-        await writer.drain(); writer.close()
-    for port in ports:
-        await asyncio.start_server(lambda r, w, port=port: serve(port, r, w), "0.0.0.0", port)
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
-
-PROBE = """
-import asyncio, json, sys
-async def probe(target):
-    host, port = target.rsplit(":", 1)
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1.5)
-        line = await asyncio.wait_for(reader.readline(), 1.5)
-        writer.close()
-        return line.decode().strip() or None
-    except (OSError, asyncio.TimeoutError):
-        return None
-async def main(targets):
-    print(json.dumps(dict(zip(targets, await asyncio.gather(*map(probe, targets))))))
-asyncio.run(main(sys.argv[1:]))
-"""
-
-
-def probe(ns: str, targets: list[str]) -> dict[str, str | None]:
-    return json.loads(ns_python(ns, PROBE, *targets))
 
 
 class Cloud:
