@@ -102,7 +102,8 @@ async def test_heartbeats_at_start_on_interval_and_at_once_on_change(tmp_path, i
         assert first["url"] == node.server.url and first["cluster"] is None
         assert first["resources"]["cores"] == {"total": 3, "used": 0, "free": 3}
         assert first["images"] == [] and first["instances"] == []
-        assert first["network"] == {"bridge": None, "subnet": "10.211.0.0/24", "gateway": "10.211.0.1"}
+        assert first["network"] == {"bridge": None, "subnet": "10.211.0.0/24", "gateway": "10.211.0.1",
+                                    "modes": ["flat"], "transports": [], "tunnel_ip": None, "uplink": None}
         await wait_until(lambda: node.server.registration.registered, what="registered")
         status = (await node_health(node.client))["registration"]
         assert status["registered"] and status["cluster"] == "zone-1" and status["heartbeat_interval"] == 30
