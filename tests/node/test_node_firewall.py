@@ -35,7 +35,7 @@ import pytest
 from nodetestlib import (  # noqa: F401  (fixtures)
     SECRET, alice_cert, alice_s3, bundle_bucket, cloud_key, hypervisor, ic_walrus, mixed_image, node_config,
     node_health, node_process_args, prepare, start_node, start_node_process, system_bucket, system_endpoint, warm_cache)
-from netfabric import LISTEN, probe
+from netfabric import LISTEN, probe, probe_many
 from test_node_network import API_CALL, DHCP_DISCOVER, NetnsNode, guest_get, in_ns, ns_python, sh
 from node.client import NodeApiError, NodeClient
 from node.errors import BadRequest
@@ -239,12 +239,13 @@ class Cloud:
         """(source, destination, port) of every TCP connection that was answered, checking
         that the listener saw the source's own private address (no NAT inside)."""
         reached = set()
+        targets = {src: {f"{ip}:{port}": (dst, port) for dst, (_, ip) in GUESTS.items() if dst != src
+                         for port in PORTS_PROBED} for src in GUESTS}
+        answers = probe_many({self.guest_ns[src]: list(t) for src, t in targets.items()})
         for src, (_, src_ip) in GUESTS.items():
-            targets = {f"{ip}:{port}": (dst, port) for dst, (_, ip) in GUESTS.items() if dst != src
-                       for port in PORTS_PROBED}
-            for target, answer in probe(self.guest_ns[src], list(targets)).items():
+            for target, answer in answers[self.guest_ns[src]].items():
                 if answer is not None:
-                    dst, port = targets[target]
+                    dst, port = targets[src][target]
                     assert answer == f"{dst}:{port}:{src_ip}", (src, target, answer)
                     reached.add((src, dst, port))
         return reached
