@@ -199,6 +199,10 @@ def instance_network(txn, plan: NetworkPlan, record: dict, node: dict) -> dict:
     n, _ = ensure_node_index(txn, plan, node["node_id"], zone)
     indices = [ensure_group_index(txn, plan, g["id"]) for g in record["groups"]]
     record["subnet"], record["private_ip"] = allocate_ip(txn, plan, zone, indices[0], record["id"])
+    if record["private_ip"] is None:  # a managed instance without an address could reach nothing
+        raise Ec2Error("InsufficientFreeAddressesInSubnet",
+                       f"The subnet {record['subnet']} of security group {record['groups'][0]['id']} in {zone} "
+                       "has no free address left (see control's --group-prefix)")
     record["network"] = {"mode": plan.mode, **plan.group_net(zone, indices[0], n)}
     return record
 

@@ -252,3 +252,17 @@ def test_auto_public_ips(tmp_path):
         assert c.record(i4)["public_ip"] == "198.51.100.11"
     finally:
         c.close()
+
+
+def test_a_full_slice_refuses_the_launch(tmp_path):
+    c = ManagedCloud(tmp_path)
+    try:
+        c.plan = NetworkPlan.build("managed", ("zone-a", "zone-b"), group_prefix=27, max_nodes_per_zone=16)
+        c.service.config.network = c.plan  # a /27: slice+17 to slice+30 for instances, 14 of them
+        ids = c.run(c.alice, "zone-a", count=14)
+        assert c.record(ids[-1])["private_ip"] == "172.16.0.62"
+        with pytest.raises(Ec2Error) as err:
+            c.run(c.alice, "zone-a")
+        assert err.value.code == "InsufficientFreeAddressesInSubnet"
+    finally:
+        c.close()
