@@ -468,6 +468,13 @@ def render_ruleset(policy: Policy | None, ports: list[InstancePort], bridge: str
 
 # the agent's side ----------------------------------------------------------------------------
 
+def _elastic_ips(policy: Policy | None, ports: list[InstancePort]) -> set[str]:
+    """The public IPs the policy gives this node's instances."""
+    if policy is None:
+        return set()
+    return {spec.public_ip for p in ports if (spec := policy.instances.get(p.instance_id)) and spec.public_ip}
+
+
 class Firewall:
     """The policy of one node: kept in LMDB (tree network_policy), rendered for the live
     instances of the instance manager, applied to the node network (None: not managed;
@@ -515,19 +522,20 @@ class Firewall:
     def _live_records(self):
         return [r for r in self.instances.all() if r.state in self._live]
 
-    def ports(self) -> list[InstancePort]:
-        return [InstancePort(r.instance_id, r.tap, r.mac, r.private_ip or None,
-                             (r.network or {}).get("subnet"))
-                for r in self._live_records() if r.tap and r.mac]
+    @staticmethod
+    def ports(records) -> list[InstancePort]:
+        return [InstancePort(r.instance_id, r.tap, r.mac, r.private_ip or None, (r.network or {}).get("subnet"))
+                for r in records if r.tap and r.mac]
 
-    def wanted_segments(self, policy: Policy | None) -> tuple[str | None, dict[str, GroupNet], tuple]:
+    @staticmethod
+    def wanted_segments(policy: Policy | None, records) -> tuple[str | None, dict[str, GroupNet], tuple]:
         """(mode, groups, peers) of the managed network this node should have: every
         group of the policy's network, plus the segment of each live local instance
         (launched before the policy naming its group arrived). Mode None: flat."""
         mode, groups, peers = None, {}, ()
         if policy is not None and policy.network is not None:
             mode, groups, peers = policy.network.mode, dict(policy.network.groups), policy.network.peers
-        for r in self._live_records():
+        for r in records:
             if r.network and (mode is None or r.network.get("mode") == mode):
                 mode = r.network["mode"]
                 groups[f"instance:{r.instance_id}"] = parse_group_net(r.network, r.instance_id, mode)
@@ -545,14 +553,13 @@ class Firewall:
         return Layout(tuple(p.bridge for p in plans if p.bridge != self.network.bridge),
                       tuple(port for p in plans for port in p.fabric), tuple(ranges))
 
-    def render(self, policy: Policy | None) -> str:
+    def render(self, policy: Policy | None, ports: list[InstancePort]) -> str:
         n = self.network
-        return render_ruleset(policy, self.ports(), n.bridge, n.subnet, n.gateway, self.metadata_port,
-                              self.layout(policy))
+        return render_ruleset(policy, ports, n.bridge, n.subnet, n.gateway, self.metadata_port, self.layout(policy))
 
-    async def _segments(self, policy: Policy | None) -> None:
+    async def _segments(self, policy: Policy | None, records) -> None:
         """Make the host's segments and DHCP match the policy and the local instances."""
-        mode, groups, peers = self.wanted_segments(policy)
+        mode, groups, peers = self.wanted_segments(policy, records)
         segs = self.network.segments
         plans = segs.plan(mode, groups, peers) if mode else []
         if plans != segs.plans or not self._reconciled:
@@ -566,22 +573,18 @@ class Firewall:
             return
         if self.metadata_port is None:
             return  # not installed yet: install() renders the policy in force
-        await self._segments(policy)
+        records = self._live_records()  # one read of the records for the whole apply
+        ports = self.ports(records)
+        await self._segments(policy, records)
         if policy is None and self.network.segments.plans:
             policy = Policy(0)  # a managed instance before any policy: locked down, as on EC2
         if policy is not None:
             await self._bridged_ip_hooks()
-        text = self.render(policy)
+        text = self.render(policy, ports)
         if text != self._last_text:
             await run_tool("nft", "-f", "-", stdin=text.encode())
             self._last_text = text
-        await self.network.set_public_addresses(self._elastic_ips(policy))
-
-    def _elastic_ips(self, policy: Policy | None) -> set[str]:
-        if policy is None:
-            return set()
-        return {spec.public_ip for p in self.ports() if (spec := policy.instances.get(p.instance_id))
-                and spec.public_ip}
+        await self.network.set_public_addresses(_elastic_ips(policy, ports))
 
     async def _bridged_ip_hooks(self) -> None:
         """Have bridged IPv4 pass the IP hooks (conntrack + our forward chain): the

@@ -140,16 +140,17 @@ class NodeNetwork:
         self.tunnel_ip, self.uplink = tunnel_ip, uplink
         self.public_interface = public_interface
         self.segments = Segments(data_dir, bridge, tunnel_ip=tunnel_ip, uplink=uplink)
+        self.modes = self._modes()
         self._contexts: tuple[DhcpContext, ...] = ()  # the managed segments' subnets
 
     def describe(self) -> dict:
         return {"bridge": self.bridge, "subnet": self.subnet, "gateway": self.gateway,
-                "modes": self.modes(), "transports": self.segments.transports(),
+                "modes": list(self.modes), "transports": self.segments.transports(),
                 "tunnel_ip": self.tunnel_ip, "uplink": self.uplink}
 
-    def modes(self) -> list[str]:
+    def _modes(self) -> list[str]:
         """The network modes this node can run: managed ones need segment device names
-        that fit (<bridge>-4094 in 15 characters)."""
+        that fit (<bridge>-4094 in 15 characters). Once, at construction (it logs why not)."""
         try:
             check_bridge_name(self.bridge)
         except ValueError as exc:

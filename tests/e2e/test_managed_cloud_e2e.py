@@ -14,11 +14,9 @@ only where a rule lets it, and the revoked rule stops it again.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +27,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("node", "
 from netfabric import Fabric, probe_many  # noqa: E402
 from nsrelay import Relay  # noqa: E402
 from test_control_nodes import make_cloud, walrus_credentials  # noqa: E402
-from test_node_network import API_CALL, NetnsNode  # noqa: E402
+from test_node_network import NetnsNode, node_api  # noqa: E402
 from walrustest import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -58,6 +56,7 @@ class ZoneNode:
         creds = root / "walrus-creds.toml"
         if not creds.exists():
             walrus_credentials(cloud.control_dir, root)
+        self.secret = (cloud.control_dir / "service.secret").read_text().strip()
         self.data = root / f"node-{zone}"
         self.data.mkdir()
         self.args = ["--port", str(NODE_PORT), "--control", f"http://127.0.0.1:{self.relays[0].port}",
@@ -73,21 +72,14 @@ class ZoneNode:
         self.process = NetnsNode(self.ns, self.data, self.args)
 
     def instance(self, instance_id: str) -> dict:
-        result = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-c", API_CALL,
-                                 self.process.url, _secret(self), "GET", f"/node/v1/instances/{instance_id}", ""],
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr[-2000:]
-        return json.loads(result.stdout)["instance"]
+        return node_api(self.ns, self.process.url, "GET", f"/node/v1/instances/{instance_id}",
+                        secret=self.secret)["instance"]
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
         for r in self.relays:
             r.close()
-
-
-def _secret(node: ZoneNode) -> str:
-    return Path(node.args[node.args.index("--service-secret-file") + 1]).read_text().strip()
 
 
 @needs_root

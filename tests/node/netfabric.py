@@ -20,12 +20,10 @@ Nothing here routes out of the namespaces: every address is on a veth between tw
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 
-from test_node_network import ns_python, sh
+from test_node_network import delete_namespace, ns_python, sh
 
 LISTEN = """
 import asyncio, sys
@@ -156,12 +154,7 @@ class Fabric:
             p.kill()
             p.wait()
         for ns in self.namespaces:
-            for pid in sh("ip", "netns", "pids", ns, check=False).split():  # only what ran in our namespaces
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            sh("ip", "netns", "del", ns, check=False)
+            delete_namespace(ns)
 
 
 def probe(ns: str, targets: list[str]) -> dict[str, str | None]:

@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -36,7 +35,8 @@ from nodetestlib import (  # noqa: F401  (fixtures)
     SECRET, alice_cert, alice_s3, bundle_bucket, cloud_key, hypervisor, ic_walrus, mixed_image, node_config,
     node_health, node_process_args, prepare, start_node, start_node_process, system_bucket, system_endpoint, warm_cache)
 from netfabric import LISTEN, probe, probe_many
-from test_node_network import API_CALL, DHCP_DISCOVER, NetnsNode, guest_get, in_ns, ns_python, sh
+from test_node_network import (DHCP_DISCOVER, NetnsNode, delete_namespace, guest_get, in_ns, node_api, ns_python,
+                               sh)
 from node.client import NodeApiError, NodeClient
 from node.errors import BadRequest
 from node.firewall import InstancePort, parse_policy, policy_to_json, render_ruleset
@@ -264,12 +264,7 @@ def cloud():
             p.kill()
             p.wait()
         for ns in c.all_ns():
-            for pid in sh("ip", "netns", "pids", ns, check=False).split():  # only what ran in our namespaces
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            sh("ip", "netns", "del", ns, check=False)
+            delete_namespace(ns)
 
 
 def listen(c: Cloud, ns: str, name: str, ports) -> None:
@@ -317,14 +312,7 @@ def test_groups_and_elastic_ips_enforced_in_namespaces(tmp_path, cloud, ic_walru
     node = NetnsNode(c.node_ns, data, args)
 
     def api(method, path, body=None, *, status=200):
-        result = subprocess.run(["ip", "netns", "exec", c.node_ns, sys.executable, "-c", API_CALL, node.url, SECRET,
-                                 method, path, json.dumps(body) if body is not None else ""],
-                                capture_output=True, text=True, timeout=60)
-        if status == 200:
-            assert result.returncode == 0, result.stderr[-2000:]
-            return json.loads(result.stdout)
-        assert result.returncode != 0 and f"{status} " in result.stderr, result.stderr[-2000:]
-        return result.stderr
+        return node_api(c.node_ns, node.url, method, path, body, status=status)
 
     def launch_all():
         records = {}

@@ -31,7 +31,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +38,9 @@ import pytest
 
 from netfabric import Capture, Fabric, probe, probe_many
 from nodetestlib import (  # noqa: F401  (fixtures)
-    SECRET, alice_cert, alice_s3, bundle_bucket, cloud_key, ic_walrus, mixed_image, node_process_args, prepare,
+    alice_cert, alice_s3, bundle_bucket, cloud_key, ic_walrus, mixed_image, node_process_args, prepare,
     system_bucket, system_endpoint, warm_cache)
-from test_node_network import API_CALL, NetnsNode, guest_get, in_ns, ns_python, sh
+from test_node_network import NetnsNode, guest_get, in_ns, node_api, ns_python, sh
 from node.errors import BadRequest
 from node.firewall import parse_policy, policy_to_json
 from node.segments import GroupNet, Peer, parse_launch_network, parse_network, plan_segments
@@ -193,15 +192,7 @@ class ManagedCloud:
                 "subnet": str(subnet), "gateway": str(subnet.network_address + node), "peer_subnets": peers}
 
     def api(self, node: int, method: str, path: str, body=None, *, status=200):
-        result = subprocess.run(["ip", "netns", "exec", self.node_ns[node - 1], sys.executable, "-c", API_CALL,
-                                 self.nodes[node - 1].url, SECRET, method, path,
-                                 json.dumps(body) if body is not None else ""],
-                                capture_output=True, text=True, timeout=60)
-        if status == 200:
-            assert result.returncode == 0, result.stderr[-2000:]
-            return json.loads(result.stdout)
-        assert result.returncode != 0 and f"{status} " in result.stderr, result.stderr[-2000:]
-        return result.stderr
+        return node_api(self.node_ns[node - 1], self.nodes[node - 1].url, method, path, body, status=status)
 
     def launch(self, inst: Inst) -> dict:
         net = self.group_net(inst.group, inst.node)

@@ -88,6 +88,28 @@ except urllib.error.HTTPError as e:
 """
 
 
+def node_api(ns: str, url: str, method: str, path: str, body=None, *, status: int = 200, secret: str = SECRET):
+    """One signed node API call from inside `ns`: the JSON answer, or (status given, not
+    200) the error text, which must name that status."""
+    result = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", API_CALL, url, secret, method, path,
+                             json.dumps(body) if body is not None else ""], capture_output=True, text=True, timeout=60)
+    if status == 200:
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout)
+    assert result.returncode != 0 and f"{status} " in result.stderr, result.stderr[-2000:]
+    return result.stderr
+
+
+def delete_namespace(ns: str) -> None:
+    """Kill what still runs in `ns` (only what ran in our namespace, by PID) and delete it."""
+    for pid in sh("ip", "netns", "pids", ns, check=False).split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    sh("ip", "netns", "del", ns, check=False)
+
+
 def guest_get(ns: str, path: str, source: str) -> tuple[int, str]:
     out = ns_python(ns, HTTP_GET, f"http://169.254.169.254{path}", source)
     status, _, body = out.partition("\n")
@@ -170,12 +192,7 @@ def namespaces():
         sh("ip", "-n", ns, "link", "set", "lo", "up")
     yield node_ns, guest_ns, f"eubr{tag}"
     for ns in (node_ns, guest_ns):
-        for pid in sh("ip", "netns", "pids", ns, check=False).split():  # only what ran in our namespaces
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        sh("ip", "netns", "del", ns, check=False)
+        delete_namespace(ns)
 
 
 def alive(pid: int) -> bool:
